@@ -1,0 +1,129 @@
+"""Reading a study's files (folders, single files, zip archives or bytes) into pydicom datasets.
+
+Every way a file can fail to be DICOM ends here as a specific :class:`IngestError`; nothing below
+this module sees raw bytes. Archives are read in memory and never extracted, so entry names cannot
+escape anywhere (the gateway adds its own limits on sizes before calling this).
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pydicom
+from pydicom.dataset import FileDataset
+from pydicom.errors import InvalidDicomError
+
+from service.errors import CorruptDicomError, EmptyStudyError, NotDicomError, TruncatedDicomError
+
+# Media Storage Directory (DICOMDIR): an index of the files, not an image.
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+StudySource = Path | str | bytes | tuple[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class StudyFile:
+    """One file of a study: a display name (never a patient identifier) and its bytes."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedFile:
+    name: str
+    dataset: FileDataset
+
+
+def _ignored_entry(name: str) -> bool:
+    """Archive and folder clutter that is never part of a study (macOS forks, dotfiles)."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts) or not parts
+
+
+def is_zip(data: bytes) -> bool:
+    return data[:4] in (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _zip_entries(name: str, data: bytes) -> Iterator[StudyFile]:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        with archive:
+            for info in archive.infolist():
+                if info.is_dir() or _ignored_entry(info.filename):
+                    continue
+                yield StudyFile(f"{name}:{info.filename}", archive.read(info))
+    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, ValueError) as exc:
+        raise CorruptDicomError(f"{name} is a damaged or unsupported zip ({exc}).") from None
+
+
+def iter_study_files(sources: Iterable[StudySource]) -> Iterator[StudyFile]:
+    """Expand folders (recursively) and zip archives into the individual files of a study."""
+    for source in sources:
+        if isinstance(source, tuple):
+            name, data = source
+        elif isinstance(source, bytes):
+            name, data = "upload", source
+        else:
+            path = Path(source)
+            if path.is_dir():
+                children = sorted(p for p in path.rglob("*") if p.is_file())
+                yield from iter_study_files(
+                    p for p in children if not _ignored_entry(str(p.relative_to(path)))
+                )
+                continue
+            if not path.is_file():
+                raise NotDicomError(f"{path.name} does not exist or is not a file.")
+            name, data = path.name, path.read_bytes()
+        if is_zip(data):
+            yield from _zip_entries(name, data)
+        else:
+            yield StudyFile(name, data)
+
+
+def read_dataset(file: StudyFile) -> FileDataset:
+    """Parse one file. Files without the 128-byte preamble are accepted if they parse as DICOM."""
+    if len(file.data) == 0:
+        raise NotDicomError(f"{file.name} is empty.")
+    try:
+        try:
+            ds = pydicom.dcmread(io.BytesIO(file.data))
+        except InvalidDicomError:
+            ds = pydicom.dcmread(io.BytesIO(file.data), force=True)
+            if not _looks_like_dicom(ds):
+                raise NotDicomError(f"{file.name} is not a DICOM file.") from None
+    except NotDicomError:
+        raise
+    except (EOFError, BufferError) as exc:
+        raise TruncatedDicomError(f"{file.name} ends before its last element ({exc}).") from None
+    except Exception as exc:  # pydicom raises many types for garbage; each means "not readable"
+        raise NotDicomError(f"{file.name} could not be parsed as DICOM ({exc}).") from None
+    return ds
+
+
+def _looks_like_dicom(ds: FileDataset) -> bool:
+    """A forced parse of arbitrary bytes often 'succeeds'; require real identifying tags."""
+    try:
+        keys = set(ds.keys())
+    except Exception:
+        return False
+    identifying = {0x00080016, 0x00080018, 0x00080060, 0x0020000D, 0x0020000E, 0x7FE00010}
+    return len(keys & identifying) >= 2 and all(k.group >= 0x0002 for k in keys)
+
+
+def load_study(sources: Iterable[StudySource]) -> list[LoadedFile]:
+    """Read every file of a study; DICOMDIR indexes are skipped. Raises on the first bad file."""
+    loaded: list[LoadedFile] = []
+    for file in iter_study_files(sources):
+        ds = read_dataset(file)
+        sop_class = str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or "")
+        if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+            continue
+        loaded.append(LoadedFile(file.name, ds))
+    if not loaded:
+        raise EmptyStudyError("The upload holds no DICOM files.")
+    return loaded

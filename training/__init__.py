@@ -1,0 +1,1 @@
+"""headct-triage training package: synthetic studies, MoLRE models, training, evaluation, export."""
