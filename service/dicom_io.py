@@ -94,8 +94,8 @@ def read_dataset(file: StudyFile) -> FileDataset:
             ds = pydicom.dcmread(io.BytesIO(file.data))
         except InvalidDicomError:
             ds = pydicom.dcmread(io.BytesIO(file.data), force=True)
-            if not _looks_like_dicom(ds):
-                raise NotDicomError(f"{file.name} is not a DICOM file.") from None
+        if not _looks_like_dicom(ds):
+            raise NotDicomError(f"{file.name} is not a DICOM file.")
     except NotDicomError:
         raise
     except (EOFError, BufferError) as exc:

@@ -85,7 +85,7 @@ def stored_pixels(ref: SliceRef) -> np.ndarray:
         raise CorruptDicomError(f"{ref.source}: pixel data cannot be decoded ({exc}).") from None
     except Exception as exc:  # decoders raise assorted types on damaged codestreams
         raise CorruptDicomError(f"{ref.source}: pixel data cannot be decoded ({exc}).") from None
-    if ref.frame is not None:
+    if ref.frame is not None and not (array.ndim == 2 and ref.frame == 0):
         if array.ndim < 3 or ref.frame >= array.shape[0]:
             raise CorruptDicomError(f"{ref.source}: frame {ref.frame + 1} is missing.")
         array = array[ref.frame]

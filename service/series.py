@@ -23,6 +23,7 @@ from service.errors import (
     NoPixelDataError,
     NotCTError,
     TooFewSlicesError,
+    TruncatedDicomError,
 )
 
 ENHANCED_CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -73,8 +74,8 @@ class SliceRef:
     dataset: Dataset
     frame: int | None
     source: str
-    position: tuple[float, float, float] | None
-    orientation: tuple[float, float, float, float, float, float] | None
+    position: tuple[float, ...] | None  # ImagePositionPatient, 3 values
+    orientation: tuple[float, ...] | None  # ImageOrientationPatient, 6 values
     pixel_spacing: tuple[float, float] | None
     thickness: float | None
     slope: float
@@ -191,6 +192,14 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     return values
 
 
+def _spacing(value: Any) -> tuple[float, float] | None:
+    """PixelSpacing, if it is two positive numbers."""
+    spacing = _floats(value, 2)
+    if spacing is None or min(spacing) <= 0:
+        return None
+    return spacing[0], spacing[1]
+
+
 def _float(value: Any, default: float | None) -> float | None:
     try:
         out = float(value)
@@ -220,17 +229,17 @@ def _frame_slices(ds: Dataset, source: str, frames: int) -> list[SliceRef]:
 
     out = []
     for i in range(frames):
-        spacing = _floats(lookup(i, "PixelMeasuresSequence", "PixelSpacing"), 2)
+        spacing = _spacing(lookup(i, "PixelMeasuresSequence", "PixelSpacing"))
         out.append(
             SliceRef(
                 dataset=ds,
                 frame=i,
                 source=f"{source}#{i + 1}",
-                position=_floats(lookup(i, "PlanePositionSequence", "ImagePositionPatient"), 3),  # type: ignore[arg-type]
-                orientation=_floats(  # type: ignore[arg-type]
+                position=_floats(lookup(i, "PlanePositionSequence", "ImagePositionPatient"), 3),
+                orientation=_floats(
                     lookup(i, "PlaneOrientationSequence", "ImageOrientationPatient"), 6
                 ),
-                pixel_spacing=spacing,  # type: ignore[arg-type]
+                pixel_spacing=spacing,
                 thickness=_float(lookup(i, "PixelMeasuresSequence", "SliceThickness"), None),
                 slope=_float(lookup(i, "PixelValueTransformationSequence", "RescaleSlope"), 1.0)
                 or 1.0,
@@ -254,9 +263,9 @@ def _instance_slices(ds: Dataset, source: str) -> list[SliceRef]:
             dataset=ds,
             frame=None,
             source=source,
-            position=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
-            orientation=_floats(ds.get("ImageOrientationPatient"), 6),  # type: ignore[arg-type]
-            pixel_spacing=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
+            position=_floats(ds.get("ImagePositionPatient"), 3),
+            orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+            pixel_spacing=_spacing(ds.get("PixelSpacing")),
             thickness=_float(ds.get("SliceThickness"), None),
             slope=_float(ds.get("RescaleSlope"), 1.0) or 1.0,
             intercept=_float(ds.get("RescaleIntercept"), 0.0) or 0.0,
@@ -302,10 +311,15 @@ def group_series(files: Sequence[LoadedFile]) -> list[Series]:
                 )
                 by_uid[uid] = series
             if "PixelData" not in ds and "FloatPixelData" not in ds:
+                if ds.get("Rows") and ds.get("BitsAllocated"):
+                    # Image attributes but no pixels: the file stopped before its pixel data.
+                    raise TruncatedDicomError(
+                        f"{file.name} describes an image but ends before its pixel data."
+                    )
                 series.non_image_instances += 1
                 continue
-            if "Rows" not in ds or "Columns" not in ds:
-                raise CorruptDicomError(f"{file.name} has pixel data but no Rows/Columns.")
+            if not ds.get("Rows") or not ds.get("Columns"):
+                raise CorruptDicomError(f"{file.name} has pixel data but no image size.")
             series.slices.extend(_instance_slices(ds, file.name))
         except CorruptDicomError:
             raise
