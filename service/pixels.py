@@ -14,6 +14,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from service.errors import (
     CorruptDicomError,
     NoPixelDataError,
+    NotCTError,
     TruncatedDicomError,
     UnsupportedTransferSyntaxError,
 )
@@ -61,12 +62,12 @@ def stored_pixels(ref: SliceRef) -> np.ndarray:
         if fast is not None:
             return fast
         if ds.get("SamplesPerPixel", 1) != 1:
-            raise CorruptDicomError(
+            raise NotCTError(
                 f"{ref.source} is a colour image ({ds.get('SamplesPerPixel')} samples per pixel), "
                 "not a CT reconstruction."
             )
         array = ds.pixel_array  # pydicom caches the decoded array on the dataset
-    except (TruncatedDicomError, CorruptDicomError):
+    except (TruncatedDicomError, NotCTError):
         raise
     except NotImplementedError as exc:
         raise UnsupportedTransferSyntaxError(

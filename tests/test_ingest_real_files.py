@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ def test_every_shipped_file_ingests_or_fails_specifically() -> None:
 def test_every_shipped_image_decodes_or_fails_specifically() -> None:
     """Past the CT rules: order and resample every image series of every file, whatever its
     modality, so that each decoder and each odd header meets the preprocessing code."""
-    decoded = failed = 0
+    codes: Counter[str] = Counter()
     for path in FILES:
         try:
             series_list = group_series(load_study([path]))
@@ -68,14 +69,22 @@ def test_every_shipped_image_decodes_or_fails_specifically() -> None:
             try:
                 volume = to_model_grid(order_slices(series), SMALL_GRID)
             except IngestError as exc:
-                assert exc.code != IngestError.code and exc.message, path.name
-                failed += 1
+                assert exc.message, path.name
+                codes[exc.code] += 1
             else:
                 assert volume.hu.shape == (2, 32, 32) and volume.hu.dtype == np.int16
-                decoded += 1
-    # 85 decode and 13 fail as corrupt or unsupported with pydicom 3.0 and its plugins.
-    assert decoded > 80
-    assert failed < decoded / 4
+                codes["ok"] += 1
+    # With pydicom 3.0 and its plugins: 85 decode; colour images are not CT; multi-frame objects
+    # without per-frame positions (RT dose, colour cine) have no usable geometry.
+    assert codes["ok"] > 80
+    assert set(codes) <= {
+        "ok",
+        "not_ct",
+        "inconsistent_geometry",
+        "corrupt_dicom",
+        "truncated_dicom",
+        "unsupported_transfer_syntax",
+    }
 
 
 def _native_grid(ds: pydicom.Dataset) -> ModelGrid:
