@@ -98,7 +98,7 @@ class Predictions:
                 study_uids=[str(uid) for uid in data["study_uids"]],
                 labels=data["labels"],
                 probabilities=data["probabilities"],
-                router_weights=data["router_weights"] if "router_weights" in data else None,
+                router_weights=data.get("router_weights"),
             )
 
 
@@ -221,12 +221,12 @@ def router_analysis(p: Predictions) -> dict:
     for category in Category:
         columns = [j for j, f in enumerate(FINDINGS) if f.category is category]
         by_category[category.value] = summary(positive[:, columns].any(axis=1))
-    usage = weights.mean(axis=0) if p.num_studies else np.full(k, np.nan)
+    usage = weights.mean(axis=0) if p.num_studies else None
     return {
         "K": k,
-        "expert_usage": usage.tolist(),
-        "mean_study_entropy": float(_entropy(weights).mean()) if p.num_studies else None,
-        "usage_entropy": float(_entropy(usage)) if p.num_studies else None,
+        "expert_usage": None if usage is None else usage.tolist(),
+        "mean_study_entropy": float(_entropy(weights).mean()) if usage is not None else None,
+        "usage_entropy": float(_entropy(usage)) if usage is not None else None,
         "max_entropy": float(np.log(k)),
         "by_category": by_category,
         "no_finding": summary(~positive.any(axis=1)),

@@ -8,7 +8,8 @@ global backend state), and matplotlib is imported inside each function so that i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,33 +76,62 @@ def plot_auc_radar(
     for category in Category:
         idx = [j for j, f in enumerate(FINDINGS) if f.category is category]
         ax.bar(
-            angles[idx], ring - 1.0, width=step, bottom=1.0, color=colors[category],
-            edgecolor="none", label=CATEGORY_LABELS[category],
+            angles[idx],
+            ring - 1.0,
+            width=step,
+            bottom=1.0,
+            color=colors[category],
+            edgecolor="none",
+            label=CATEGORY_LABELS[category],
         )
     line_colors = ("#1f3b73", "#d1495b", "#2a9d8f", "#6c757d")
     for i, (name, aucs) in enumerate(runs.items()):
         values = np.array([np.nan if aucs[f.code] is None else aucs[f.code] for f in FINDINGS])
         closed_angles, closed = np.r_[angles, angles[0]], np.r_[values, values[0]]
         color = line_colors[i % len(line_colors)]
-        ax.plot(closed_angles, closed, color=color, linewidth=1.6, label=f"{name}")
+        ax.plot(closed_angles, closed, color=color, linewidth=1.6, label=name)
         ax.scatter(angles, values, color=color, s=9, zorder=3)
     ax.set_ylim(r_min, ring)
+    # The 1.0 circle is the inner edge of the category ring, so its label would sit under it.
     ticks = np.arange(r_min + 0.1, 1.0001, 0.1)
-    ax.set_yticks(ticks, [f"{t:.1f}" for t in ticks], fontsize=8, color="#555555")
+    ax.set_yticks(
+        ticks, [f"{t:.1f}" if t < 0.999 else "" for t in ticks], fontsize=8, color="#555555"
+    )
     ax.set_rlabel_position(2)
     ax.set_xticks(angles, [""] * len(angles))
     ax.grid(linewidth=0.4, alpha=0.6)
     for angle, finding in zip(angles, FINDINGS, strict=True):
-        degrees = 90.0 - np.degrees(angle)  # clockwise from north, as drawn
-        flip = np.cos(angle - np.pi / 2) < 0 and False
-        rotation = degrees if np.sin(angle) >= 0 else degrees + 180.0
+        # Labels run outward along their spoke and read left to right on both halves.
+        right_half = np.sin(angle) >= 0
+        rotation = 90.0 - np.degrees(angle) + (0.0 if right_half else 180.0)
         ax.text(
-            angle, ring + 0.012, finding.name, rotation=rotation, rotation_mode="anchor",
-            ha="left" if np.sin(angle) >= 0 else "right", va="center", fontsize=6.5,
-            color=colors[finding.category], clip_on=False,
-        ) if not flip else None
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9, frameon=False)
-    ax.set_title(title, fontsize=13, pad=110)
+            angle,
+            ring + 0.012,
+            finding.name,
+            rotation=rotation,
+            rotation_mode="anchor",
+            ha="left" if right_half else "right",
+            va="center",
+            fontsize=6.5,
+            color=colors[finding.category],
+            clip_on=False,
+        )
+    handles = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    labels = [*runs, *(CATEGORY_LABELS[c] for c in Category)]
+    fig.legend(
+        [handles[label] for label in labels],
+        labels,
+        loc="outside lower center",
+        ncols=len(labels),
+        fontsize=10,
+        frameon=False,
+        columnspacing=1.2,
+    )
+    fig.suptitle(
+        f"{title}\nradius: ROC AUC from {r_min:.1f} (centre) to 1.0 (category ring); "
+        "gaps: no AUC (one class)",
+        fontsize=13,
+    )
     return _save(fig, path)
 
 
@@ -123,21 +153,34 @@ def plot_roc_critical(p: Predictions, path: Path, *, title: str) -> Path:
     if not panels:
         ax = fig.add_subplot()
         ax.axis("off")
-        ax.text(0.5, 0.5, "No critical finding has both positive and negative studies.",
-                ha="center", va="center", fontsize=11)
+        ax.text(
+            0.5,
+            0.5,
+            "No critical finding has both positive and negative studies.",
+            ha="center",
+            va="center",
+            fontsize=11,
+        )
         return _save(fig, path)
     axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False)
     for ax, (finding, y, scores) in zip(axes.flat, panels, strict=False):
         fpr, tpr, _ = roc_curve(y, scores)
         ax.plot([0, 1], [0, 1], color="#bbbbbb", linewidth=0.8, linestyle="--")
         ax.plot(fpr, tpr, color="#1f3b73", linewidth=1.4)
-        ax.set_title(_shorten(finding.name, 30), fontsize=8)
-        ax.text(0.97, 0.04, f"AUC {roc_auc_score(y, scores):.3f}\n{int(y.sum())} pos",
-                transform=ax.transAxes, ha="right", va="bottom", fontsize=7.5)
+        ax.set_title(textwrap.fill(finding.name, 30), fontsize=8)
+        ax.text(
+            0.97,
+            0.04,
+            f"AUC {roc_auc_score(y, scores):.3f}\n{int(y.sum())} pos",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=7.5,
+        )
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize=7)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("1 - specificity", fontsize=8)
@@ -157,28 +200,45 @@ def plot_router(router: Mapping[str, Any], path: Path, *, title: str) -> Path:
     row_labels.append(f"No positive finding (n={router['no_finding']['studies']})")
     rows.append(router["no_finding"]["mean_weights"] or [np.nan] * k)
     row_labels.append("All studies")
-    rows.append(router["expert_usage"])
+    rows.append(router["expert_usage"] or [np.nan] * k)
     matrix = np.array(rows, dtype=np.float64)
 
     fig = _figure(max(6.0, 1.6 + 0.75 * k), 5.2)
     ax = fig.add_subplot()
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=0.0,
-                      vmax=max(float(np.nanmax(matrix)), 1e-6), aspect="auto")
+    image = ax.imshow(
+        np.ma.masked_invalid(matrix),
+        cmap="viridis",
+        vmin=0.0,
+        vmax=max(float(np.nanmax(matrix, initial=0.0)), 1e-6),
+        aspect="auto",
+    )
     ax.axhline(len(Category) - 0.5, color="white", linewidth=2)
     ax.set_xticks(range(k), [f"E{e}" for e in range(k)], fontsize=9)
     ax.set_yticks(range(len(row_labels)), row_labels, fontsize=9)
     ax.set_xlabel("expert")
-    if k <= 16:
-        threshold = 0.6 * np.nanmax(matrix)
-        for (r, c), value in np.ndenumerate(matrix):
-            if not np.isnan(value):
-                ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                        color="black" if value > threshold else "white")
+    threshold = 0.6 * np.nanmax(matrix, initial=0.0)
+    for r, row in enumerate(matrix):
+        if np.isnan(row).all():
+            ax.text(
+                (k - 1) / 2, r, "no studies", ha="center", va="center", fontsize=8, color="#777777"
+            )
+        elif k <= 16:
+            for c, value in enumerate(row):
+                ax.text(
+                    c,
+                    r,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="black" if value > threshold else "white",
+                )
     fig.colorbar(image, ax=ax, label="mean router weight", shrink=0.85)
     entropy = (
         f"per-study entropy {router['mean_study_entropy']:.3f}, usage entropy "
         f"{router['usage_entropy']:.3f} (max log K = {router['max_entropy']:.3f})"
-        if router["mean_study_entropy"] is not None else "no studies"
+        if router["mean_study_entropy"] is not None
+        else "no studies"
     )
     ax.set_title(f"{title}\n{entropy}", fontsize=11)
     return _save(fig, path)
@@ -196,8 +256,13 @@ def plot_auc_strata(strata: Mapping[str, Mapping[str, int]], path: Path, *, titl
     colors = ("#1f3b73", "#d1495b", "#2a9d8f", "#e9c46a", "#6c757d")
     for i, name in enumerate(names):
         counts = [strata[name][key] for key in STRATA_KEYS]
-        bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, counts, width, label=name,
-                      color=colors[i % len(colors)])
+        bars = ax.bar(
+            x + (i - (len(names) - 1) / 2) * width,
+            counts,
+            width,
+            label=name,
+            color=colors[i % len(colors)],
+        )
         ax.bar_label(bars, fontsize=9, padding=2)
     ax.set_xticks(x, STRATA_LABELS, fontsize=10)
     ax.set_ylabel("number of findings")
@@ -206,11 +271,3 @@ def plot_auc_strata(strata: Mapping[str, Mapping[str, int]], path: Path, *, titl
     ax.set_title(title, fontsize=12)
     ax.spines[["top", "right"]].set_visible(False)
     return _save(fig, path)
-
-
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def run_colors(names: Sequence[str]) -> list[str]:
-    return list(names)
