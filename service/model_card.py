@@ -1,0 +1,128 @@
+"""The model card: one JSON document that travels with every exported model.
+
+Written once by the export step (into the ONNX metadata, beside ``model.onnx`` as
+``model_card.json``, and into ``config.pbtxt`` parameters) and read by the gateway, so training and
+serving cannot drift: the grid the gateway resamples to, the finding order and operating
+thresholds, the HU windows the graph applies, the router's reference usage for drift monitoring,
+and where the model came from.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.findings import FINDINGS
+from service.preprocess import ModelGrid
+
+CARD_METADATA_KEY = "headct_model_card"
+CARD_FILENAME = "model_card.json"
+NOT_FOR_CLINICAL_USE = (
+    "Research demonstration trained on synthetic phantoms. Not a medical device; not for "
+    "clinical use."
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CardFinding(_Strict):
+    code: str
+    name: str
+    category: str
+    critical: bool
+    triage: Literal["critical", "urgent", "none"]
+    threshold: float = Field(ge=0.0, le=1.0, description="Operating threshold on the probability.")
+
+
+class CardGrid(_Strict):
+    depth: int = Field(ge=1)
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+    fov_mm: float | None = None
+    resampling: str = (
+        "slices: the chosen axial series from its first to its last slice, area-averaged when the "
+        "grid is coarser and linearly interpolated on the true positions when finer; in-plane: a "
+        "square field of view centred on the image (the image's own larger side unless fov_mm), "
+        "area-averaged when shrinking, linear when enlarging; INT16 HU, air (-1024) outside."
+    )
+
+    def to_model_grid(self) -> ModelGrid:
+        return ModelGrid(self.depth, self.height, self.width, self.fov_mm)
+
+
+class CardWindow(_Strict):
+    name: str
+    center: float
+    width: float = Field(gt=0)
+
+
+class CardAdapter(_Strict):
+    kind: Literal["probe", "lora", "molre", "full"]
+    experts: int = Field(ge=1)
+    rank: int | None = None
+    alpha: float | None = None
+    targets: list[str] = Field(default_factory=list)
+    added_parameters: int | None = None
+    added_fraction: float | None = None
+
+
+class CardBackbone(_Strict):
+    name: str
+    weights_sha256: str | None = None
+    parameters: int | None = None
+
+
+class CardProvenance(_Strict):
+    training_data: str
+    synthetic: bool
+    trained: str = Field(description="ISO date of training.")
+    exported: str = Field(description="ISO date of export.")
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+
+
+class ModelCard(_Strict):
+    name: str
+    version: int = Field(ge=1)
+    description: str
+    intended_use: str
+    backbone: CardBackbone
+    adapter: CardAdapter
+    grid: CardGrid
+    windows: list[CardWindow]
+    findings: list[CardFinding]
+    router_reference: list[float] = Field(
+        description="Mean expert weights on the validation set: the reference that monitoring "
+        "compares live routing against."
+    )
+    provenance: CardProvenance
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelCard:
+        codes = [f.code for f in self.findings]
+        expected = [f.code for f in FINDINGS]
+        if codes != expected:
+            raise ValueError(
+                "findings must be the 75 findings of service.findings in their order; "
+                f"the card has {len(codes)} starting {codes[:3]}"
+            )
+        if len(self.router_reference) != self.adapter.experts:
+            raise ValueError(
+                f"router_reference has {len(self.router_reference)} weights for "
+                f"{self.adapter.experts} experts"
+            )
+        return self
+
+    @property
+    def thresholds(self) -> list[float]:
+        return [f.threshold for f in self.findings]
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelCard:
+        return cls.model_validate_json(text)
