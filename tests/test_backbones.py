@@ -1,0 +1,95 @@
+"""The backbone registry: local checkpoints load and match, wrong ones fail clearly, and every
+family resolves MoLRE's target roles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.backbones import (
+    FAMILIES,
+    REGISTRY,
+    BackboneWeightsError,
+    create_backbone,
+)
+from training.molre import MoLREConfig, inject_molre
+
+TINY = ("tiny_dinov2", "tiny_dinov3", "tiny_siglip", "tiny_resnet3d")
+
+
+def _input(name: str) -> torch.Tensor:
+    backbone_input = (2, 3, 32, 32) if REGISTRY[name].family != "resnet3d" else (1, 3, 8, 32, 32)
+    return torch.randn(*backbone_input)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_saved_checkpoint_loads_and_matches(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    original = create_backbone(name).eval()
+    assert not original.pretrained
+    original.save_pretrained(tmp_path)
+    loaded = create_backbone(name, weights=tmp_path).eval()
+    assert loaded.pretrained
+    pixels = _input(name)
+    with torch.no_grad():
+        expected, actual = original(pixels), loaded(pixels)
+    assert expected.shape[-1] == original.feature_dim
+    assert torch.allclose(actual, expected, atol=1e-6)
+
+
+def test_checkpoint_of_another_family_is_rejected(tmp_path: Path) -> None:
+    create_backbone("tiny_dinov2").save_pretrained(tmp_path)
+    with pytest.raises(BackboneWeightsError, match=str(tmp_path)) as error:
+        create_backbone("tiny_siglip", weights=tmp_path)
+    assert "dinov2" in str(error.value)
+
+
+def test_checkpoint_with_another_hidden_size_is_rejected(tmp_path: Path) -> None:
+    from transformers import Dinov2Config, Dinov2Model
+
+    architecture = REGISTRY["tiny_dinov2"].architecture | {"hidden_size": 48}
+    Dinov2Model(Dinov2Config(**architecture)).save_pretrained(tmp_path)
+    with pytest.raises(BackboneWeightsError, match=str(tmp_path)) as error:
+        create_backbone("tiny_dinov2", weights=tmp_path)
+    assert "hidden_size 48 (expected 32)" in str(error.value)
+
+
+def test_3d_checkpoint_with_other_widths_is_rejected(tmp_path: Path) -> None:
+    create_backbone("tiny_resnet3d").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["block_inplanes"] = [8, 16, 32, 64]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BackboneWeightsError, match="block_inplanes"):
+        create_backbone("tiny_resnet3d", weights=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["tiny_dinov3", "tiny_resnet3d"])
+def test_missing_weights_folder_is_an_error_naming_it(name: str, tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_checkpoint"
+    with pytest.raises(BackboneWeightsError, match="no_such_checkpoint"):
+        create_backbone(name, weights=missing)
+
+
+def test_unknown_backbone_name_lists_the_registered_ones() -> None:
+    with pytest.raises(KeyError, match="dinov2_base"):
+        create_backbone("dinov5_huge")
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_backbone_resolves_its_target_roles(name: str) -> None:
+    """Built on the meta device: full-size architectures without allocating their weights."""
+    with torch.device("meta"):
+        backbone = create_backbone(name)
+        roles = tuple(FAMILIES[REGISTRY[name].family].target_patterns)
+        wrapped = inject_molre(backbone, MoLREConfig(target_modules=roles))
+    if backbone.kind == "2d":
+        assert backbone.default_targets == ("patch_embedding", "q", "v")
+        layers = backbone.encoder.config.num_hidden_layers
+        assert len(wrapped) == 1 + layers * 6  # patch + q, k, v, o + two MLP projections
+    else:
+        assert wrapped == ["projection"]
+    assert backbone.input_size > 0 and backbone.feature_dim > 0
+    assert len(backbone.mean) == len(backbone.std) == 3

@@ -1,0 +1,432 @@
+"""Foundation backbones by name: ``create_backbone("dinov3_base", weights=Path(...))``.
+
+2D backbones (DINOv2, DINOv3, SigLIP: MedGemma's image encoder is a SigLIP so400m) are HF
+``transformers`` modules built from their architecture and run on each CT slice; the 3D one is
+MONAI's ResNet-18 run on the whole volume. Nothing is downloaded: weights come from a local folder
+in the format ``save_pretrained`` writes (``config.json`` + ``model.safetensors``); without one the
+backbone is randomly initialised and says so (``pretrained`` is False, and a warning is logged).
+
+Each family also names, per MoLRE target role (``q``, ``patch_embedding``...), the regular
+expression of its modules, so one ``MoLREConfig`` resolves on every family. The ``tiny_*`` entries
+are test-sized models of each kind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# SigLIP's normalisation (pixels to [-1, 1]); the 3D ResNet uses it too.
+CENTRED_MEAN = (0.5, 0.5, 0.5)
+CENTRED_STD = (0.5, 0.5, 0.5)
+
+
+class BackboneWeightsError(ValueError):
+    """A weights folder that is missing, unreadable, or holds another architecture."""
+
+
+class SliceBackbone(Protocol):
+    """What the model needs of a backbone. 2D: ``forward(pixels [N, 3, S, S]) -> [N, F]`` (one
+    vector per slice). 3D: ``forward(volume [B, 3, D, S, S]) -> [B, D', F]`` (one vector per
+    depth position of the feature map)."""
+
+    name: str
+    kind: Literal["2d", "3d"]
+    feature_dim: int
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    default_targets: tuple[str, ...]
+    target_patterns: dict[str, str]
+    pretrained: bool
+    encoder: nn.Module
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+    def save_pretrained(self, path: Path) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Family:
+    """How to build, load, check and adapt one kind of backbone."""
+
+    model_types: tuple[str, ...]  # ``model_type`` values a checkpoint of this family may carry
+    checked_fields: tuple[str, ...]  # architecture fields a checkpoint must match
+    target_patterns: dict[str, str]
+    default_targets: tuple[str, ...]
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+_VIT_DEFAULT_TARGETS = ("patch_embedding", "q", "v")
+
+FAMILIES: dict[str, _Family] = {
+    "dinov2": _Family(
+        model_types=("dinov2",),
+        checked_fields=(
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "mlp_ratio",
+            "patch_size",
+            "image_size",
+            "num_channels",
+            "use_swiglu_ffn",
+            "qkv_bias",
+        ),
+        target_patterns={
+            "patch_embedding": r"embeddings\.patch_embeddings\.projection",
+            "q": r"encoder\.layer\.\d+\.attention\.q_proj",
+            "k": r"encoder\.layer\.\d+\.attention\.k_proj",
+            "v": r"encoder\.layer\.\d+\.attention\.v_proj",
+            "o": r"encoder\.layer\.\d+\.attention\.o_proj",
+            "mlp": r"encoder\.layer\.\d+\.mlp\.(fc1|fc2|weights_in|weights_out)",
+        },
+        default_targets=_VIT_DEFAULT_TARGETS,
+    ),
+    "dinov3": _Family(
+        model_types=("dinov3_vit",),
+        checked_fields=(
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "patch_size",
+            "num_channels",
+            "num_register_tokens",
+            "use_gated_mlp",
+            "key_bias",
+        ),
+        target_patterns={
+            "patch_embedding": r"embeddings\.patch_embeddings",
+            "q": r"layer\.\d+\.attention\.q_proj",
+            "k": r"layer\.\d+\.attention\.k_proj",
+            "v": r"layer\.\d+\.attention\.v_proj",
+            "o": r"layer\.\d+\.attention\.o_proj",
+            "mlp": r"layer\.\d+\.mlp\.(up_proj|down_proj|gate_proj)",
+        },
+        default_targets=_VIT_DEFAULT_TARGETS,
+    ),
+    "siglip": _Family(
+        model_types=("siglip_vision_model", "siglip"),
+        checked_fields=(
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "patch_size",
+            "image_size",
+            "num_channels",
+        ),
+        target_patterns={
+            "patch_embedding": r"embeddings\.patch_embedding",
+            "q": r"encoder\.layers\.\d+\.self_attn\.q_proj",
+            "k": r"encoder\.layers\.\d+\.self_attn\.k_proj",
+            "v": r"encoder\.layers\.\d+\.self_attn\.v_proj",
+            "o": r"encoder\.layers\.\d+\.self_attn\.out_proj",
+            "mlp": r"encoder\.layers\.\d+\.mlp\.(fc1|fc2)",
+        },
+        default_targets=_VIT_DEFAULT_TARGETS,
+        # Features are the mean of the final tokens, as MedGemma reads them; a checkpoint's
+        # attention-pooling head, if any, is left out.
+        config_overrides={"vision_use_head": False},
+    ),
+    "resnet3d": _Family(
+        model_types=("headct_resnet3d",),
+        checked_fields=("layers", "block_inplanes", "n_input_channels", "conv1_t_size"),
+        target_patterns={"projection": r"projection"},
+        default_targets=("projection",),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registered backbone: its family, architecture and preprocessing."""
+
+    family: str
+    architecture: dict[str, Any]
+    input_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def _vit(hidden: int, layers: int, heads: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+    } | extra
+
+
+# DINOv2 checkpoints carry image_size 518 (their position-embedding grid); they run at 224 by
+# interpolating it. DINOv3 uses RoPE and four register tokens. The so400m entry is MedGemma's
+# encoder (896 px grid, no pooling head), run at 448 px with interpolated position embeddings:
+# a 256 px CT grid gains nothing from 896 px slices, and it costs 4x the tokens.
+REGISTRY: dict[str, BackboneSpec] = {
+    "dinov2_small": BackboneSpec("dinov2", _vit(384, 12, 6, patch_size=14, image_size=518), 224),
+    "dinov2_base": BackboneSpec("dinov2", _vit(768, 12, 12, patch_size=14, image_size=518), 224),
+    "dinov2_large": BackboneSpec("dinov2", _vit(1024, 24, 16, patch_size=14, image_size=518), 224),
+    "dinov3_small": BackboneSpec(
+        "dinov3", _vit(384, 12, 6, intermediate_size=1536, num_register_tokens=4), 224
+    ),
+    "dinov3_base": BackboneSpec(
+        "dinov3", _vit(768, 12, 12, intermediate_size=3072, num_register_tokens=4), 224
+    ),
+    "siglip_base": BackboneSpec(
+        "siglip",
+        _vit(768, 12, 12, intermediate_size=3072, patch_size=16, image_size=224),
+        224,
+        CENTRED_MEAN,
+        CENTRED_STD,
+    ),
+    "siglip_so400m": BackboneSpec(
+        "siglip",
+        _vit(1152, 27, 16, intermediate_size=4304, patch_size=14, image_size=896),
+        448,
+        CENTRED_MEAN,
+        CENTRED_STD,
+    ),
+    "resnet3d_18": BackboneSpec(
+        "resnet3d",
+        {"layers": [2, 2, 2, 2], "block_inplanes": [64, 128, 256, 512]},
+        224,
+        CENTRED_MEAN,
+        CENTRED_STD,
+    ),
+    "tiny_dinov2": BackboneSpec(
+        "dinov2", _vit(32, 2, 2, mlp_ratio=2, patch_size=8, image_size=32), 32
+    ),
+    "tiny_dinov3": BackboneSpec(
+        "dinov3",
+        _vit(32, 2, 2, intermediate_size=64, patch_size=8, image_size=32, num_register_tokens=2),
+        32,
+    ),
+    "tiny_siglip": BackboneSpec(
+        "siglip",
+        _vit(32, 2, 2, intermediate_size=64, patch_size=8, image_size=32),
+        32,
+        CENTRED_MEAN,
+        CENTRED_STD,
+    ),
+    "tiny_resnet3d": BackboneSpec(
+        "resnet3d",
+        {"layers": [1, 1, 1, 1], "block_inplanes": [8, 16, 32, 32]},
+        32,
+        CENTRED_MEAN,
+        CENTRED_STD,
+    ),
+}
+
+
+def backbone_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def create_backbone(name: str, *, weights: Path | None = None) -> SliceBackbone:
+    """The registered backbone ``name``, with weights from the folder ``weights`` or, without it,
+    randomly initialised. Raises ``BackboneWeightsError`` for a missing folder or a checkpoint
+    of another architecture, ``KeyError`` for an unknown name."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(REGISTRY)}")
+    spec = REGISTRY[name]
+    if weights is None:
+        log.warning("backbone %s is randomly initialised (no weights folder given)", name)
+    else:
+        weights = Path(weights)
+        if not (weights / "config.json").is_file():
+            raise BackboneWeightsError(
+                f"backbone weights folder {weights} does not exist or has no config.json; give the "
+                f"folder that save_pretrained wrote for a {name} model"
+            )
+    if spec.family == "resnet3d":
+        return ResNet3dBackbone(name=name, spec=spec, weights=weights)
+    return HFSliceBackbone(name=name, spec=spec, weights=weights)
+
+
+def _hf_classes(family: str) -> tuple[Any, Any]:
+    from transformers import (
+        Dinov2Config,
+        Dinov2Model,
+        DINOv3ViTConfig,
+        DINOv3ViTModel,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+
+    return {
+        "dinov2": (Dinov2Config, Dinov2Model),
+        "dinov3": (DINOv3ViTConfig, DINOv3ViTModel),
+        "siglip": (SiglipVisionConfig, SiglipVisionModel),
+    }[family]
+
+
+def _check_architecture(
+    path: Path, name: str, family: _Family, found: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    """Raise ``BackboneWeightsError`` listing every architecture field that differs."""
+    model_type = found.get("model_type")
+    if model_type not in family.model_types:
+        raise BackboneWeightsError(
+            f"{path} holds a {model_type!r} checkpoint, but backbone {name!r} needs one of "
+            f"{family.model_types}"
+        )
+    differences = [
+        f"{key} {found.get(key)!r} (expected {expected.get(key)!r})"
+        for key in family.checked_fields
+        if found.get(key) != expected.get(key)
+    ]
+    if differences:
+        raise BackboneWeightsError(
+            f"checkpoint {path} does not match backbone {name!r}: {', '.join(differences)}"
+        )
+
+
+class HFSliceBackbone(nn.Module):
+    """A 2D HF vision transformer applied per slice; the feature is the final-norm CLS token
+    (DINOv2, DINOv3) or the mean of the final tokens (SigLIP, which has no CLS token)."""
+
+    kind: Literal["2d", "3d"] = "2d"
+
+    def __init__(self, *, name: str, spec: BackboneSpec, weights: Path | None) -> None:
+        super().__init__()
+        family = FAMILIES[spec.family]
+        config_class, model_class = _hf_classes(spec.family)
+        expected = config_class(**spec.architecture, **family.config_overrides)
+        if weights is None:
+            self.encoder = model_class(expected)
+        else:
+            self.encoder = self._load(weights, name, family, expected)
+        self.name = name
+        self.family = spec.family
+        self.pretrained = weights is not None
+        self.feature_dim: int = expected.hidden_size
+        self.input_size = spec.input_size
+        self.mean, self.std = spec.mean, spec.std
+        self.default_targets = family.default_targets
+        self.target_patterns = dict(family.target_patterns)
+        image_size = getattr(expected, "image_size", spec.input_size)
+        self._interpolate = spec.family == "siglip" and image_size != spec.input_size
+
+    @staticmethod
+    def _load(path: Path, name: str, family: _Family, expected: Any) -> nn.Module:
+        config_class, model_class = _hf_classes(REGISTRY[name].family)
+        raw = json.loads((path / "config.json").read_text())
+        try:
+            found = config_class.from_pretrained(path)
+        except (OSError, ValueError, TypeError) as error:
+            raise BackboneWeightsError(f"cannot read the config in {path}: {error}") from error
+        found_fields = found.to_dict() | {"model_type": raw.get("model_type")}
+        _check_architecture(path, name, family, found_fields, expected.to_dict())
+        for key, value in family.config_overrides.items():
+            setattr(found, key, value)
+        try:
+            model, info = model_class.from_pretrained(
+                path, config=found, dtype=torch.float32, output_loading_info=True
+            )
+        except (OSError, ValueError, RuntimeError) as error:
+            raise BackboneWeightsError(f"cannot load the weights in {path}: {error}") from error
+        if info["missing_keys"] or info["mismatched_keys"]:
+            raise BackboneWeightsError(
+                f"checkpoint {path} lacks weights of backbone {name!r}: "
+                f"missing {sorted(info['missing_keys'])[:5]}, "
+                f"mismatched {sorted(info['mismatched_keys'])[:5]}"
+            )
+        return model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.family == "siglip":
+            output = self.encoder(pixel_values=pixels, interpolate_pos_encoding=self._interpolate)
+            return output.last_hidden_state.mean(dim=1)
+        return self.encoder(pixel_values=pixels).pooler_output
+
+    def save_pretrained(self, path: Path) -> None:
+        """Write the HF folder (config.json + model.safetensors) that ``weights=`` reads."""
+        self.encoder.save_pretrained(path)
+
+
+class ResNet3dBackbone(nn.Module):
+    """MONAI's 3D ResNet on the whole volume (three HU windows as channels). The feature map is
+    pooled in-plane, leaving one vector per depth position; a square ``projection`` (identity at
+    init, so a frozen one changes nothing) is where MoLRE's experts adapt a 3D model."""
+
+    kind: Literal["2d", "3d"] = "3d"
+
+    def __init__(self, *, name: str, spec: BackboneSpec, weights: Path | None) -> None:
+        super().__init__()
+        from monai.networks.nets.resnet import ResNet
+
+        family = FAMILIES[spec.family]
+        self.architecture = {"n_input_channels": 3, "conv1_t_size": 7} | spec.architecture
+        self.encoder = ResNet(
+            block="basic", spatial_dims=3, feed_forward=False, **self.architecture
+        )
+        self.feature_dim: int = self.architecture["block_inplanes"][-1]
+        self.projection = nn.Linear(self.feature_dim, self.feature_dim)
+        with torch.no_grad():
+            self.projection.weight.copy_(torch.eye(self.feature_dim))
+            self.projection.bias.zero_()
+        if weights is not None:
+            self._load(weights, name, family)
+        self.name = name
+        self.family = spec.family
+        self.pretrained = weights is not None
+        self.input_size = spec.input_size
+        self.mean, self.std = spec.mean, spec.std
+        self.default_targets = family.default_targets
+        self.target_patterns = dict(family.target_patterns)
+
+    def _load(self, path: Path, name: str, family: _Family) -> None:
+        from safetensors.torch import load_file
+
+        found = json.loads((path / "config.json").read_text())
+        _check_architecture(path, name, family, found, self._config())
+        try:
+            state = load_file(path / "model.safetensors")
+        except (OSError, RuntimeError) as error:
+            raise BackboneWeightsError(f"cannot load the weights in {path}: {error}") from error
+        try:
+            result = self.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # shape mismatches
+            raise BackboneWeightsError(
+                f"checkpoint {path} does not fit {name!r}: {error}"
+            ) from error
+        # A plain encoder checkpoint has no projection: it stays the identity.
+        missing = [k for k in result.missing_keys if not k.startswith("projection.")]
+        if missing or result.unexpected_keys:
+            raise BackboneWeightsError(
+                f"checkpoint {path} does not fit backbone {name!r}: missing {missing[:5]}, "
+                f"unexpected {result.unexpected_keys[:5]}"
+            )
+
+    def _config(self) -> dict[str, Any]:
+        return {"model_type": "headct_resnet3d", **self.architecture}
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        net = self.encoder
+        x = net.act(net.bn1(net.conv1(volume)))
+        if not net.no_max_pool:
+            x = net.maxpool(x)
+        x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        tokens = x.mean(dim=(3, 4)).transpose(1, 2)  # [B, D', F]
+        # Each depth position is one routed item with a single token.
+        return self.projection(tokens.unsqueeze(2)).squeeze(2)
+
+    def save_pretrained(self, path: Path) -> None:
+        """Write config.json + model.safetensors, the folder format ``weights=`` reads."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(self._config(), indent=2))
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        save_file(state, path / "model.safetensors")

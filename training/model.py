@@ -1,0 +1,250 @@
+"""``HeadCTModel``: HU volume in, 75 finding probabilities and the router's weights out.
+
+    CT_VOLUME [B, D, H, W] HU ─► three HU windows as channels ─► resize slices to the backbone's
+    input ─► normalise ─► backbone (+ MoLRE experts) per slice (2D) or per volume (3D)
+    ─► gated attention over slices ─► Linear(F, 75)
+
+Windowing and normalisation live inside ``forward`` so the exported ONNX graph takes raw HU (the
+serving contract: the gateway sends HU and the model owns its windows). Adapters:
+
+- ``probe``: frozen backbone, train pooling and head (linear-probe baseline);
+- ``lora``: MoLRE with one expert and no router, i.e. plain LoRA;
+- ``molre``: K routed LoRA experts (Yoo et al., 2026);
+- ``full``: everything trains (used to make the demo backbone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from service.findings import NUM_FINDINGS
+from training.backbones import SliceBackbone, create_backbone
+from training.molre import MoLREConfig, expert_layers, inject_molre
+from training.pooling import GatedAttentionPooling
+
+AdapterKind = Literal["probe", "lora", "molre", "full"]
+
+
+@dataclass(frozen=True)
+class HUWindow:
+    """A CT display window: HU in [level - width/2, level + width/2] maps to [0, 1]."""
+
+    name: str
+    width: float
+    level: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Brain for parenchyma and fresh blood, subdural for thin extra-axial collections against the
+# skull, bone for fractures: the three windows a radiologist reads a head CT in.
+DEFAULT_WINDOWS = (
+    HUWindow("brain", 80.0, 40.0),
+    HUWindow("subdural", 200.0, 80.0),
+    HUWindow("bone", 2800.0, 600.0),
+)
+
+
+class HUWindowing(nn.Module):
+    """HU [B, D, H, W] (int16 or float) to windowed channels [B, D, C, H, W] in [0, 1]."""
+
+    def __init__(self, windows: Sequence[HUWindow]) -> None:
+        super().__init__()
+        for window in windows:
+            if window.width <= 0:
+                raise ValueError(f"HU window {window.name!r} needs a positive width")
+        lows = [w.level - w.width / 2 for w in windows]
+        widths = [w.width for w in windows]
+        self.register_buffer("low", torch.tensor(lows).view(-1, 1, 1), persistent=False)
+        self.register_buffer("width", torch.tensor(widths).view(-1, 1, 1), persistent=False)
+
+    def forward(self, hu: torch.Tensor) -> torch.Tensor:
+        return ((hu.float().unsqueeze(2) - self.low) / self.width).clamp(0.0, 1.0)
+
+
+class ModelOutput(NamedTuple):
+    """Everything one forward returns. K is 1 (all ones) for adapters without a router."""
+
+    logits: torch.Tensor  # [B, 75]
+    probabilities: torch.Tensor  # [B, 75]
+    router_weights: torch.Tensor  # [B, K]: mean over layers and slices
+    slice_router_weights: torch.Tensor  # [B, D, K]: mean over layers
+    slice_attention: torch.Tensor  # [B, D]
+    gates: torch.Tensor  # [B, D, L, K]: per adapted layer (load-balancing loss, analysis)
+
+
+class HeadCTModel(nn.Module):
+    """A backbone with its adapter, gated attention pooling and the 75-finding head."""
+
+    def __init__(
+        self,
+        backbone: SliceBackbone,
+        *,
+        adapter: AdapterKind,
+        molre: MoLREConfig | None = None,
+        windows: Sequence[HUWindow] = DEFAULT_WINDOWS,
+        pooling_hidden: int = 128,
+    ) -> None:
+        super().__init__()
+        if adapter not in get_args(AdapterKind):
+            raise ValueError(f"adapter must be one of {get_args(AdapterKind)}, not {adapter!r}")
+        if len(windows) != 3:
+            raise ValueError(f"windows must be 3 (the backbone's RGB channels), not {len(windows)}")
+        self.adapter = adapter
+        self.molre = _adapter_config(adapter, molre)
+        self.windows = tuple(windows)
+        self.windowing = HUWindowing(self.windows)
+        self.backbone = backbone
+        assert isinstance(backbone, nn.Module)
+        shape = (1, 3, 1, 1)
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(shape), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std).view(shape), persistent=False)
+
+        if self.molre is not None:
+            self.expert_layer_names = inject_molre(backbone, self.molre)
+        else:
+            self.expert_layer_names = []
+            backbone.requires_grad_(adapter == "full")
+        # A plain tuple, not registered again: the layers already live inside the backbone.
+        self._expert_layers = tuple(layer for _, layer in expert_layers(backbone))
+        self.pooling = GatedAttentionPooling(backbone.feature_dim, pooling_hidden)
+        self.head = nn.Linear(backbone.feature_dim, NUM_FINDINGS)
+
+    @property
+    def experts(self) -> int:
+        return self.molre.experts if self.molre is not None else 1
+
+    def adapter_summary(self) -> dict[str, Any]:
+        """The adapter as the model card describes it: kind, experts K, rank and the targets."""
+        return {
+            "kind": self.adapter,
+            "experts": self.experts,
+            "rank": self.molre.rank if self.molre else None,
+            "alpha": self.molre.alpha if self.molre else None,
+            "targets": list(self.expert_layer_names),
+        }
+
+    def train(self, mode: bool = True) -> HeadCTModel:
+        """Train mode, except that a frozen backbone's batch norms keep their statistics."""
+        super().train(mode)
+        if self.adapter != "full":
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def _pixels(self, volume: torch.Tensor) -> torch.Tensor:
+        """Windowed, resized, normalised slices [B*D, 3, S, S]."""
+        slices = self.windowing(volume).flatten(0, 1)
+        size = self.backbone.input_size
+        if tuple(slices.shape[-2:]) != (size, size):
+            # antialias off: the ONNX Resize op has no antialiasing; downsampling is mild here.
+            slices = F.interpolate(
+                slices, size=(size, size), mode="bilinear", align_corners=False, antialias=False
+            )
+        return (slices - self.mean) / self.std
+
+    def _collect_gates(self, batch: int, items: int, like: torch.Tensor) -> torch.Tensor:
+        """The gates the expert layers computed in this forward, [batch, items, L, K]."""
+        if not self._expert_layers:
+            return like.new_ones((batch, items, 1, 1))
+        gates = []
+        for layer in self._expert_layers:
+            if layer.last_gates is None:
+                raise RuntimeError("an expert layer did not run in this forward")
+            gates.append(layer.last_gates.reshape(batch, items, -1))
+            layer.last_gates = None  # do not keep the graph alive past this call
+        return torch.stack(gates, dim=2)
+
+    def forward(self, volume: torch.Tensor, slice_mask: torch.Tensor | None = None) -> ModelOutput:
+        """``volume``: HU [B, D, H, W]; ``slice_mask`` [B, D], True for real (unpadded) slices."""
+        batch, depth = volume.shape[0], volume.shape[1]
+        pixels = self._pixels(volume)
+        if self.backbone.kind == "2d":
+            features = self.backbone(pixels).unflatten(0, (batch, depth))  # [B, D, F]
+            gates = self._collect_gates(batch, depth, features)
+        else:
+            stacked = pixels.unflatten(0, (batch, depth)).transpose(1, 2)  # [B, 3, D, S, S]
+            tokens = self.backbone(stacked)  # [B, D', F]
+            gates = self._collect_gates(batch, tokens.shape[1], tokens)
+            features = _to_depth(tokens, depth)
+            # Linear interpolation mixes neighbouring gates convexly, so they still sum to 1.
+            gates = _to_depth(gates.flatten(2), depth).unflatten(2, gates.shape[2:])
+
+        study, attention = self.pooling(features, slice_mask)
+        logits = self.head(study)
+        slice_router = gates.mean(dim=2)
+        if slice_mask is None:
+            router = slice_router.mean(dim=1)
+        else:
+            weights = slice_mask.to(slice_router.dtype).unsqueeze(-1)
+            router = (slice_router * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return ModelOutput(logits, torch.sigmoid(logits), router, slice_router, attention, gates)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what training changes: adapters, routers, pooling and head (everything for
+        ``full``). With the backbone checkpoint, this rebuilds the trained model."""
+        state = self.state_dict()
+        if self.adapter == "full":
+            return state
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {name: tensor for name, tensor in state.items() if name in trainable}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load what ``trainable_state_dict`` returned; any missing or extra key is an error."""
+        expected = set(self.trainable_state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"trainable state does not fit this model ({self.adapter}, "
+                f"{self.backbone.name}): missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        self.load_state_dict(state, strict=False)
+
+
+def _adapter_config(adapter: AdapterKind, molre: MoLREConfig | None) -> MoLREConfig | None:
+    if adapter in ("probe", "full"):
+        if molre is not None:
+            raise ValueError(f"adapter {adapter!r} takes no MoLREConfig; use 'lora' or 'molre'")
+        return None
+    if adapter == "lora":
+        molre = molre if molre is not None else MoLREConfig(experts=1)
+        if molre.experts != 1:
+            raise ValueError(
+                f"adapter 'lora' is MoLRE with experts=1, got experts={molre.experts}; "
+                "use adapter 'molre' for a mixture"
+            )
+        return molre
+    return molre if molre is not None else MoLREConfig()
+
+
+def _to_depth(sequence: torch.Tensor, depth: int) -> torch.Tensor:
+    """Linearly resample [B, D', C] along D' to [B, depth, C]."""
+    resized = F.interpolate(
+        sequence.transpose(1, 2), size=depth, mode="linear", align_corners=False
+    )
+    return resized.transpose(1, 2)
+
+
+def build_model(
+    backbone_name: str,
+    adapter: AdapterKind = "molre",
+    molre: MoLREConfig | None = None,
+    weights: Path | None = None,
+    *,
+    windows: Sequence[HUWindow] = DEFAULT_WINDOWS,
+    pooling_hidden: int = 128,
+) -> HeadCTModel:
+    """The registered backbone (weights from ``weights`` or random) with its adapter and head."""
+    backbone = create_backbone(backbone_name, weights=weights)
+    return HeadCTModel(
+        backbone, adapter=adapter, molre=molre, windows=windows, pooling_hidden=pooling_hidden
+    )
