@@ -6,6 +6,7 @@ Training commands import their heavy dependencies when they run, so ``headct ins
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -74,3 +75,99 @@ def synth(
     )
     labels = synthesize(out, studies=studies, seed=seed, options=options)
     typer.echo(f"wrote {studies} synthetic studies; labels in {labels}")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Folder of studies with labels.csv.")],
+    out: Annotated[Path, typer.Option(help="Run folder (config, checkpoints, metrics log).")],
+    backbone: Annotated[str, typer.Option(help="Registered backbone name.")] = "tiny_dinov2",
+    weights: Annotated[
+        Path | None, typer.Option(help="Local backbone checkpoint folder (save_pretrained).")
+    ] = None,
+    adapter: Annotated[str, typer.Option(help="probe, lora, molre or full.")] = "molre",
+    experts: Annotated[int | None, typer.Option(help="MoLRE experts K (default 4).")] = None,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank r per expert (default 2).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="LoRA alpha; scale alpha/r.")] = None,
+    load_balancing: Annotated[float, typer.Option(help="Router load-balancing weight.")] = 0.0,
+    depth: Annotated[int, typer.Option(help="Grid slices.")] = 32,
+    size: Annotated[int, typer.Option(help="Grid rows = columns.")] = 256,
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=1)] = 2,
+    grad_accumulation: Annotated[int, typer.Option(min=1)] = 1,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (warm-up, then cosine).")] = 1e-3,
+    loss: Annotated[str, typer.Option(help="focal or bce.")] = "focal",
+    validation_fraction: Annotated[float, typer.Option()] = 0.2,
+    patience: Annotated[int, typer.Option(help="Epochs without improvement before stopping.")] = 5,
+    seed: Annotated[int, typer.Option()] = 0,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    augment: Annotated[bool, typer.Option(help="Flips, rotations, jitter, slice dropout.")] = True,
+    workers: Annotated[int, typer.Option(help="Data loader worker processes.")] = 0,
+) -> None:
+    """Train MoLRE (or a baseline) on DICOM studies; resumes if OUT holds a last.pt.
+
+    Multi-GPU or multi-node: torchrun --nproc_per_node N -m training.cli train ...
+    """
+    import logging
+
+    from training.train import TrainConfig
+    from training.train import train as run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    given = {
+        "experts": experts,
+        "rank": rank,
+        "alpha": alpha,
+        "load_balancing_weight": load_balancing,
+    }
+    molre = {k: v for k, v in given.items() if v}
+    try:
+        config = TrainConfig(
+            data=str(data),
+            out=str(out),
+            backbone=backbone,
+            weights=str(weights) if weights else None,
+            adapter=adapter,
+            molre=molre,
+            grid=(depth, size, size),
+            epochs=epochs,
+            batch_size=batch_size,
+            grad_accumulation=grad_accumulation,
+            lr=lr,
+            loss=loss,
+            validation_fraction=validation_fraction,
+            patience=patience,
+            seed=seed,
+            max_steps=max_steps,
+            augment=augment,
+            workers=workers,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    summary = run_training(config)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def evaluate(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run folders to evaluate (first two are compared).")
+    ],
+    data: Annotated[Path, typer.Option(help="Evaluation studies with labels.csv.")],
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json, report.md and figures.")],
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples for the 95% interval.")
+    ] = 1000,
+    notes: Annotated[str, typer.Option(help="Text at the top of report.md.")] = "",
+) -> None:
+    """Per-finding AUC, macro AUC with a bootstrap 95% interval, stratified counts, radar, ROC and
+    router plots for one or more trained runs on the same studies."""
+    from training.evaluation_run import evaluate_runs
+
+    metrics = evaluate_runs(runs, data, out, bootstrap=bootstrap, notes=notes)
+    summary = {name: m.get("macro_auc") for name, m in metrics.get("runs", metrics).items()}
+    typer.echo(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    app()
