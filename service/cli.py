@@ -1,5 +1,6 @@
-"""The serving side of the ``headct`` command line (``inspect`` now; ``serve`` and ``triage`` join
-when the gateway exists). ``training.cli`` adds the training commands to the same app."""
+"""The serving side of the ``headct`` command line: ``inspect``, ``serve`` and ``triage``.
+``training.cli`` adds the training commands to the same app. Heavy imports (onnxruntime, uvicorn,
+httpx2) happen inside the commands that need them."""
 
 from __future__ import annotations
 
@@ -58,3 +59,203 @@ def inspect(
         _print_json({"error": exc.to_dict()})
         raise typer.Exit(code=2) from None
     _print_json(result.describe())
+
+
+def _settings(**overrides: Any) -> Any:
+    """Settings from the environment with the command's options on top; exits 2 on a bad value."""
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"]) or "settings"
+            sys.stderr.write(f"invalid setting {field}: {error['msg']}\n")
+        raise typer.Exit(code=2) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8080,
+    backend: Annotated[
+        str | None, typer.Option(help="onnx (embedded) or triton; default HEADCT_BACKEND.")
+    ] = None,
+    model_repository: Annotated[
+        Path | None, typer.Option(help="Model repository; default HEADCT_MODEL_REPOSITORY.")
+    ] = None,
+    triton_url: Annotated[
+        str | None, typer.Option(help="Triton host:port; default HEADCT_TRITON_URL.")
+    ] = None,
+) -> None:
+    """Run the gateway (uvicorn). Other settings come from HEADCT_* environment variables."""
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _settings(backend=backend, model_repository=model_repository, triton_url=triton_url)
+    uvicorn.run(
+        lambda: create_app(settings),
+        factory=True,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def triage(
+    paths: Annotated[
+        list[Path], typer.Argument(help="A study folder, DICOM files, or a zip of a study.")
+    ],
+    url: Annotated[
+        str | None, typer.Option(help="Gateway base URL; without it the study runs in-process.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="HEADCT_API_KEY", help="API key for the gateway.")
+    ] = None,
+    model_repository: Annotated[
+        Path | None, typer.Option(help="In-process only: the model repository.")
+    ] = None,
+    timeout_s: Annotated[float, typer.Option(help="HTTP timeout with --url.")] = 120.0,
+) -> None:
+    """Triage a study: print its findings (positives first), priority and key slice.
+
+    Exits 2 with the problem (its code and reasons) if the study cannot be triaged.
+    """
+    if url:
+        status, payload = _triage_remote(paths, url, api_key, timeout_s)
+    else:
+        status, payload = _triage_local(paths, model_repository)
+    if status != 200:
+        _print_json({"error": payload})
+        raise typer.Exit(code=2)
+    if as_json:
+        _print_json(payload)
+    else:
+        _print_table(payload)
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    """Priority first, then a table of the findings, positives first, each group by probability."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    triage = result["triage"]
+    colour = {"critical": "bold red", "urgent": "bold yellow"}.get(triage["priority"], "green")
+    model = result["model"]
+    console.print(
+        f"[{colour}]Priority: {triage['priority'].upper()}[/{colour}]"
+        + (f"  ({', '.join(triage['findings'])})" if triage["findings"] else "")
+    )
+    slices = result["slices"]
+    console.print(
+        f"Model {model['name']} v{model['version']}; key slice {slices['key_slice']} of "
+        f"{slices['count']} (series slice {slices['key_source_index']} of "
+        f"{slices['source_count']}); {result['timing_ms']['total']:.0f} ms"
+    )
+    table = Table(show_lines=False)
+    for column in ("finding", "category", "probability", "threshold", "positive"):
+        table.add_column(
+            column, justify="right" if column in ("probability", "threshold") else "left"
+        )
+    findings = sorted(result["findings"], key=lambda f: (not f["positive"], -f["probability"]))
+    for f in findings:
+        style = ("bold red" if f["critical"] else "bold") if f["positive"] else "dim"
+        table.add_row(
+            f["name"],
+            f["category"],
+            f"{f['probability']:.3f}",
+            f"{f['threshold']:.3f}",
+            "yes" if f["positive"] else "",
+            style=style,
+        )
+    console.print(table)
+    for warning in result.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    console.print(f"[dim]{result['disclaimer']}[/dim]")
+
+
+def _triage_remote(
+    paths: list[Path], url: str, api_key: str | None, timeout_s: float
+) -> tuple[int, dict[str, Any]]:
+    import httpx2
+
+    files = [p for path in paths for p in _study_files(path)]
+    if not files:
+        raise typer.BadParameter("no files found in the given paths")
+    parts = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in files]
+    headers = {"X-API-Key": api_key} if api_key else {}
+    try:
+        response = httpx2.post(
+            url.rstrip("/") + "/v1/triage", files=parts, headers=headers, timeout=timeout_s
+        )
+    except httpx2.HTTPError as exc:
+        sys.stderr.write(f"cannot reach the gateway at {url}: {exc}\n")
+        raise typer.Exit(code=1) from None
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = {"status": response.status_code, "detail": response.text[:500]}
+    return response.status_code, payload
+
+
+def _study_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+    if not path.is_file():
+        raise typer.BadParameter(f"{path} does not exist")
+    return [path]
+
+
+def _triage_local(paths: list[Path], model_repository: Path | None) -> tuple[int, dict[str, Any]]:
+    import time
+
+    from service.backends import create_backend
+    from service.errors import HeadCTError
+    from service.postprocess import build_result
+
+    settings = _settings(model_repository=model_repository, backend="onnx")
+    try:
+        backend = create_backend(settings)
+    except HeadCTError as exc:
+        sys.stderr.write(f"cannot load the model: {exc.message}\n")
+        raise typer.Exit(code=1) from None
+    try:
+        card = backend.card
+        started = time.perf_counter()
+        result = ingest_study(paths, grid=card.grid.to_model_grid())
+        inferring = time.perf_counter()
+        outputs = backend.infer(result.volume.hu[None])
+        inferred = time.perf_counter()
+    except HeadCTError as exc:
+        return 422, exc.to_dict()
+    finally:
+        backend.close()
+    timing = {
+        "upload": 0.0,
+        "queue": 0.0,
+        **{k: result.timing_ms.get(k, 0.0) for k in ("read", "select", "resample")},
+        "inference": (inferred - inferring) * 1e3,
+        "postprocess": 0.0,
+        "total": 0.0,
+    }
+    triaged = build_result(card, result, outputs, timing)
+    finished = time.perf_counter()
+    triaged.timing_ms.postprocess = round((finished - inferred) * 1e3, 3)
+    triaged.timing_ms.total = round((finished - started) * 1e3, 3)
+    return 200, triaged.model_dump(mode="json")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,246 @@
+"""Gateway overhead and throughput: a 32-slice 256x256 synthetic head CT, embedded ONNX backend.
+
+(a) latency: p50/p95 of ``POST /v1/triage`` (multipart, 32 files) against a real ``headct serve``
+    (uvicorn) subprocess, interleaved with (b) the same study through ``ingest_study`` +
+    onnxruntime in this process. (a)/(b) at the median is the gateway's overhead; target <= 1.25x.
+(c) throughput with 1, 4 and 16 concurrent clients; under 16 no request may fail except with 429,
+    and the server's RSS is sampled throughout to show it stays bounded.
+
+Uses the model in ``model_repository/`` if there is one, else the test fixture model (window means
+through linear maps, so inference is nearly free and the ratio is the harshest case).
+Run: ``python -m bench.gateway``. Results go to bench/results/gateway.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import numpy as np
+import psutil
+
+from bench.common import interleaved, median, write_result
+from service.backends.onnx import OnnxBackend
+from service.ingest import ingest_study
+from service.settings import DEFAULT_MODEL_REPOSITORY
+from training.synth import SynthOptions, generate_study, write_study
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "headct_molre"
+
+
+def _model_repository(tmp: Path) -> tuple[Path, str]:
+    real = DEFAULT_MODEL_REPOSITORY / MODEL
+    if real.is_dir() and any(
+        p.name.isdigit() and (p / "model.onnx").is_file() for p in real.iterdir()
+    ):
+        return DEFAULT_MODEL_REPOSITORY, "model_repository (demo model)"
+    from tests.gateway.onnx_fixture import write_fixture_repository
+
+    write_fixture_repository(tmp / "repo", depth=32, height=256, width=256)
+    return tmp / "repo", "test fixture model (window means; near-zero inference)"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_server(repository: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HEADCT_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--model-repository",
+            str(repository),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx2.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the gateway did not become ready")
+
+
+class RssSampler:
+    """Samples a process's resident memory every ``interval`` seconds in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(self.process.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _throughput(url: str, parts: list[Any], clients: int, per_client: int) -> dict[str, Any]:
+    statuses: Counter[int] = Counter()
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        with httpx2.Client(timeout=300) as http:
+            for _ in range(per_client):
+                started = time.perf_counter()
+                try:
+                    status = http.post(url + "/v1/triage", files=parts).status_code
+                except httpx2.HTTPError:
+                    status = -1
+                with lock:
+                    statuses[status] += 1
+                    if status == 200:
+                        latencies.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "requests": clients * per_client,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "ok_per_s": statuses[200] / elapsed,
+        "ok_p50_s": float(np.percentile(latencies, 50)) if latencies else None,
+        "unexpected_failures": sum(v for k, v in statuses.items() if k not in (200, 429)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--per-client", type=int, default=3)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        repository, model_label = _model_repository(tmp)
+        options = SynthOptions(slices=32, matrix=256)
+        study = generate_study(np.random.default_rng(0), options)
+        files = write_study(study, tmp / "study", options, np.random.default_rng(1))
+        parts = [("files", (p.name, p.read_bytes(), "application/dicom")) for p in files]
+        upload_mb = sum(len(p[1][1]) for p in parts) / 1e6
+
+        backend = OnnxBackend(repository / MODEL)
+        grid = backend.card.grid.to_model_grid()
+
+        def in_process() -> None:
+            result = ingest_study(files, grid=grid)
+            backend.infer(result.volume.hu[None])
+
+        port = _free_port()
+        server = _start_server(repository, port)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            with httpx2.Client(timeout=300) as http:
+
+                def gateway() -> None:
+                    response = http.post(url + "/v1/triage", files=parts)
+                    assert response.status_code == 200, response.text
+
+                times = interleaved({"gateway": gateway, "in_process": in_process}, args.rounds)
+            latency = {
+                name: {
+                    "p50_ms": float(np.percentile(v, 50)) * 1e3,
+                    "p95_ms": float(np.percentile(v, 95)) * 1e3,
+                }
+                for name, v in times.items()
+            }
+            ratio = median(times["gateway"]) / median(times["in_process"])
+            baseline = psutil.Process(server.pid).memory_info().rss
+            levels = []
+            for clients in (1, 4, 16):
+                with RssSampler(server.pid) as rss:
+                    level = _throughput(url, parts, clients, args.per_client)
+                level["server_rss_peak_mb"] = max(rss.samples) / 2**20
+                levels.append(level)
+            peak = max(e["server_rss_peak_mb"] for e in levels) * 2**20
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+
+    payload = {
+        "model": model_label,
+        "study": {"slices": len(files), "matrix": 256, "upload_mb": round(upload_mb, 2)},
+        "grid": [grid.depth, grid.height, grid.width],
+        "latency": latency,
+        "gateway_over_in_process_p50": ratio,
+        "target_ratio": 1.25,
+        "throughput": levels,
+        "server_rss_mb": {"before": baseline / 2**20, "peak": peak / 2**20},
+        "server_settings": "defaults: 2 concurrent jobs, 8 queued, onnxruntime default threads",
+    }
+    lines = [
+        f"# Gateway benchmark (32-slice 256x256 synthetic study, {upload_mb:.1f} MB upload; "
+        f"{model_label})",
+        "",
+        "| path | p50 ms | p95 ms |",
+        "|---|---|---|",
+        *(f"| {k} | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} |" for k, v in latency.items()),
+        "",
+        f"Gateway / in-process at p50: **{ratio:.2f}x** (target <= 1.25x).",
+        "",
+        "| clients | requests | 200/s | p50 of 200s (s) | statuses | unexpected failures "
+        "| server RSS peak MiB |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {e['clients']} | {e['requests']} | {e['ok_per_s']:.2f} | "
+            f"{(e['ok_p50_s'] or float('nan')):.2f} | {e['statuses']} | "
+            f"{e['unexpected_failures']} | {e['server_rss_peak_mb']:.0f} |"
+            for e in levels
+        ),
+        "",
+        f"Server RSS: {baseline / 2**20:.0f} MiB before the load, peak {peak / 2**20:.0f} MiB.",
+        "Shared 2-core machine: compare ratios, not absolute times.",
+        "",
+    ]
+    table = "\n".join(lines)
+    path = write_result("gateway", payload, table)
+    print(table)
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()

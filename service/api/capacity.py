@@ -1,0 +1,71 @@
+"""Bounded concurrency for triage requests: a few run, a few wait, the rest are refused at once.
+
+A request is *admitted* before its body is read and stays admitted until it is answered; at most
+``running + queued`` are admitted at a time, and the next one gets an ``OverCapacityError`` (429
+with Retry-After) without its upload being read. Admitted requests take one of ``running`` slots
+for the heavy part (decoding, resampling, inference), which runs in worker threads, so the event
+loop stays free for ``/healthz``, ``/readyz`` and ``/metrics`` however busy the workers are. All
+of this runs on the event loop's thread, so plain counters need no lock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from service.errors import HeadCTError
+
+
+class OverCapacityError(HeadCTError):
+    """Every worker is busy and the wait queue is full."""
+
+    code = "over_capacity"
+
+
+class StudyLimiter:
+    """Admission (running + queued) and the running slots themselves."""
+
+    def __init__(self, running: int, queued: int) -> None:
+        if running < 1 or queued < 0:
+            raise ValueError("StudyLimiter needs running >= 1 and queued >= 0")
+        self.running = running
+        self.queued = queued
+        self.admitted = 0
+        self._slots = anyio.Semaphore(running)
+        self._seconds_per_job = 1.0  # moving estimate, for Retry-After
+
+    @property
+    def capacity(self) -> int:
+        return self.running + self.queued
+
+    def retry_after_s(self) -> int:
+        """How long until a slot is likely free: the queue ahead, at the recent job duration."""
+        waves = max(1.0, (self.admitted - self.running + 1) / self.running)
+        return max(1, math.ceil(waves * self._seconds_per_job))
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        if self.admitted >= self.capacity:
+            raise OverCapacityError(
+                f"The gateway is busy ({self.running} studies running, {self.queued} waiting); "
+                "retry later.",
+                retry_after=self.retry_after_s(),
+            )
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._slots:
+            started = anyio.current_time()
+            try:
+                yield
+            finally:
+                elapsed = anyio.current_time() - started
+                self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * elapsed

@@ -1,0 +1,78 @@
+"""Request dependencies as ``Annotated`` aliases. Everything comes from ``app.state`` (built in the
+lifespan), so tests swap any of it with ``app.dependency_overrides``."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from service.api.capacity import StudyLimiter
+from service.backends.base import BackendUnavailableError, InferenceBackend
+from service.errors import HeadCTError
+from service.metrics import GatewayMetrics
+from service.model_card import ModelCard
+from service.settings import Settings
+
+
+class UnauthorizedError(HeadCTError):
+    """API keys are configured and the request has none, or a wrong one."""
+
+    code = "unauthorized"
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_backend(request: Request) -> InferenceBackend:
+    backend: InferenceBackend | None = getattr(request.app.state, "backend", None)
+    if backend is None:
+        raise BackendUnavailableError("The model is not loaded.", retry_after=5)
+    return backend
+
+
+def get_card(backend: Annotated[InferenceBackend, Depends(get_backend)]) -> ModelCard:
+    return backend.card
+
+
+def get_metrics(request: Request) -> GatewayMetrics:
+    metrics: GatewayMetrics = request.app.state.metrics
+    return metrics
+
+
+def get_limiter(request: Request) -> StudyLimiter:
+    limiter: StudyLimiter = request.app.state.limiter
+    return limiter
+
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
+_bearer = HTTPBearer(auto_error=False, description="An API key as a bearer token.")
+
+
+def require_api_key(
+    settings: Annotated[Settings, Depends(get_settings)],
+    api_key: Annotated[str | None, Security(_api_key_header)] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
+) -> None:
+    """When ``HEADCT_API_KEYS`` is set, one of them must come as X-API-Key or a bearer token."""
+    if not settings.api_keys:
+        return
+    offered = api_key or (bearer.credentials if bearer else None)
+    if not offered:
+        raise UnauthorizedError("This gateway needs an API key (X-API-Key or Bearer).")
+    # compare_digest against every key, so timing does not tell which prefix matched
+    matches = [hmac.compare_digest(offered.encode(), key.encode()) for key in settings.api_keys]
+    if not any(matches):
+        raise UnauthorizedError("The API key is not valid.")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+BackendDep = Annotated[InferenceBackend, Depends(get_backend)]
+CardDep = Annotated[ModelCard, Depends(get_card)]
+MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
+LimiterDep = Annotated[StudyLimiter, Depends(get_limiter)]
+ApiKeyDep = Depends(require_api_key)

@@ -1,0 +1,23 @@
+"""``GET /v1/model``: the card of the model being served."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.deps import ApiKeyDep, CardDep
+from service.api.routes.triage import PROBLEM_RESPONSES
+from service.model_card import ModelCard
+
+router = APIRouter(tags=["model"], dependencies=[ApiKeyDep])
+
+
+@router.get(
+    "/v1/model",
+    response_model=ModelCard,
+    responses={s: PROBLEM_RESPONSES[s] for s in (401, 503)},
+    summary="The model card",
+)
+async def model_card(card: CardDep) -> ModelCard:
+    """Name, version, backbone, adapter, input grid, HU windows, the 75 findings with their
+    operating thresholds, the router's reference weights, and provenance."""
+    return card

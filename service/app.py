@@ -1,0 +1,82 @@
+"""The gateway's FastAPI app, built by ``create_app``; nothing is built at import time.
+
+``uvicorn --factory service.app:create_app`` or ``headct serve``. The lifespan loads the backend
+(and with it the model card) onto ``app.state``; routes reach it through ``service.api.deps``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from service.api.capacity import StudyLimiter
+from service.api.middleware import RequestContextMiddleware
+from service.api.problems import ERROR_CODES, install_problem_handlers
+from service.api.routes import health, metrics, model, triage
+from service.backends import BackendUnavailableError, create_backend
+from service.log_config import configure_logging, silence_header_warnings
+from service.metrics import GatewayMetrics
+from service.model_card import NOT_FOR_CLINICAL_USE
+from service.settings import BackendKind, Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "Head CT triage: upload a non-contrast head CT study (DICOM files or a zip) and get the "
+    "probability of 75 findings, a triage priority, the key slice and the Mixture of Low-Rank "
+    "Experts router weights. Errors are application/problem+json with a stable `code`. "
+    + NOT_FOR_CLINICAL_USE
+    + "\n\n"
+    + ERROR_CODES
+)
+
+
+def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> FastAPI:
+    """The gateway. ``settings`` default to the environment (``HEADCT_*``); a bad value raises
+    a ``ValidationError`` naming the variable."""
+    settings = settings or Settings()
+    gateway_metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if configure_logs:
+            configure_logging(settings.log_level.value, settings.log_json)
+        silence_header_warnings()
+        backend = await anyio.to_thread.run_sync(create_backend, settings)
+        app.state.backend = backend
+        try:
+            card = backend.card
+            gateway_metrics.describe_model(card, backend.kind)
+            log.info(
+                "model loaded",
+                extra={"model": card.name, "version": card.version, "backend": backend.kind},
+            )
+        except BackendUnavailableError:
+            if settings.backend is not BackendKind.TRITON:
+                raise
+            log.warning("triton not reachable yet; /readyz will say when it is")
+        try:
+            yield
+        finally:
+            app.state.backend = None
+            backend.close()
+
+    app = FastAPI(
+        title="headct-triage gateway",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = gateway_metrics
+    app.state.backend = None
+    app.state.limiter = StudyLimiter(settings.max_concurrent_jobs, settings.max_queued_jobs)
+    install_problem_handlers(app)
+    for module in (triage, model, health, metrics):
+        app.include_router(module.router)
+    app.add_middleware(RequestContextMiddleware, metrics=gateway_metrics)
+    return app

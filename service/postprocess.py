@@ -1,0 +1,81 @@
+"""From the model's output tensors to the result a radiologist's worklist reads: findings against
+the card's operating thresholds, the triage priority, the router weights and the key slice."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.backends.base import ModelOutputs
+from service.findings import triage_drivers, triage_priority
+from service.ingest import IngestResult
+from service.model_card import ModelCard
+from service.schemas import (
+    FindingResult,
+    ModelRef,
+    Router,
+    Slices,
+    Timing,
+    Triage,
+    TriageResult,
+)
+
+
+def score_findings(card: ModelCard, probabilities: np.ndarray) -> list[FindingResult]:
+    """One entry per card finding, in card order; positive at or above its threshold."""
+    return [
+        FindingResult(
+            code=f.code,
+            name=f.name,
+            category=f.category,
+            probability=float(p),
+            threshold=f.threshold,
+            positive=bool(p >= f.threshold),
+            critical=f.critical,
+        )
+        for f, p in zip(card.findings, probabilities.tolist(), strict=True)
+    ]
+
+
+def key_slices(ingest: IngestResult, attention: np.ndarray) -> Slices:
+    """The grid slice with the highest attention, and the series slice nearest to it."""
+    key = int(np.argmax(attention))
+    volume = ingest.volume
+    source = np.asarray(volume.source_positions_mm, dtype=np.float64)
+    nearest = int(np.argmin(np.abs(source - float(volume.positions_mm[key])))) if source.size else 0
+    uid = ingest.stack.slices[nearest].dataset.get("SOPInstanceUID") if source.size else None
+    return Slices(
+        count=int(attention.shape[0]),
+        attention=attention.tolist(),
+        key_slice=key,
+        source_count=len(ingest.stack.slices),
+        key_source_index=nearest,
+        key_sop_instance_uid=str(uid) if uid else None,
+    )
+
+
+def build_result(
+    card: ModelCard,
+    ingest: IngestResult,
+    outputs: ModelOutputs,
+    timing_ms: dict[str, float],
+    index: int = 0,
+) -> TriageResult:
+    """The result for study ``index`` of the batch. ``timing_ms`` must hold every stage."""
+    findings = score_findings(card, outputs.probabilities[index])
+    positives = [f.code for f in findings if f.positive]
+    return TriageResult(
+        study_uid=ingest.study_uid,
+        series_uid=ingest.series_uid,
+        model=ModelRef(name=card.name, version=card.version),
+        findings=findings,
+        triage=Triage(priority=triage_priority(positives), findings=triage_drivers(positives)),
+        router=Router(
+            experts=card.adapter.experts,
+            study_weights=outputs.router_weights[index].tolist(),
+            slice_weights=outputs.slice_router_weights[index].tolist(),
+        ),
+        slices=key_slices(ingest, outputs.slice_attention[index]),
+        timing_ms=Timing(**{k: round(v, 3) for k, v in timing_ms.items()}),
+        warnings=list(ingest.warnings),
+        disclaimer=card.intended_use,
+    )

@@ -1,0 +1,160 @@
+"""The gateway's response bodies (the Result of ARCHITECTURE.md, problems, probes) as pydantic
+models, so the OpenAPI schema documents exactly what is sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.findings import FINDINGS, TriagePriority
+from service.model_card import NOT_FOR_CLINICAL_USE
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def _build_example() -> dict[str, Any]:
+    """A plausible result: an acute subdural hematoma with midline shift, 32 slices, 4 experts."""
+    positives = {"ich_any": 0.97, "subdural_hematoma_acute": 0.94, "midline_shift": 0.81}
+    findings = [
+        {
+            "code": f.code,
+            "name": f.name,
+            "category": f.category.value,
+            "probability": positives.get(f.code, 0.02),
+            "threshold": 0.3 if f.critical else 0.5,
+            "positive": f.code in positives,
+            "critical": f.critical,
+        }
+        for f in FINDINGS
+    ]
+    attention = [round(0.01 + (0.12 if 17 <= i <= 21 else 0.0), 3) for i in range(32)]
+    return {
+        "study_uid": "1.2.826.0.1.3680043.8.498.1",
+        "series_uid": "1.2.826.0.1.3680043.8.498.2",
+        "model": {"name": "headct_molre", "version": 1},
+        "findings": findings,
+        "triage": {
+            "priority": "critical",
+            "findings": ["ich_any", "subdural_hematoma_acute", "midline_shift"],
+        },
+        "router": {
+            "experts": 4,
+            "study_weights": [0.41, 0.22, 0.25, 0.12],
+            "slice_weights": [[0.41, 0.22, 0.25, 0.12]] * 32,
+        },
+        "slices": {
+            "count": 32,
+            "attention": attention,
+            "key_slice": 19,
+            "source_count": 36,
+            "key_source_index": 21,
+            "key_sop_instance_uid": "1.2.826.0.1.3680043.8.498.3.22",
+        },
+        "timing_ms": {
+            "upload": 12.1,
+            "queue": 0.1,
+            "read": 38.0,
+            "select": 2.2,
+            "resample": 21.5,
+            "inference": 310.4,
+            "postprocess": 0.6,
+            "total": 385.3,
+        },
+        "warnings": [],
+        "disclaimer": NOT_FOR_CLINICAL_USE,
+    }
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+
+
+class FindingResult(BaseModel):
+    code: str
+    name: str
+    category: str
+    probability: float = Field(ge=0.0, le=1.0)
+    threshold: float = Field(ge=0.0, le=1.0, description="The card's operating threshold.")
+    positive: bool = Field(description="probability >= threshold")
+    critical: bool
+
+
+class Triage(BaseModel):
+    priority: TriagePriority
+    findings: list[str] = Field(
+        description="Codes of the positive findings that set the priority, in card order."
+    )
+
+
+class Router(BaseModel):
+    experts: int = Field(description="K, the number of low-rank experts.")
+    study_weights: list[float] = Field(description="Mean expert weights over the study, [K].")
+    slice_weights: list[list[float]] = Field(description="Expert weights per grid slice, [D][K].")
+
+
+class Slices(BaseModel):
+    count: int = Field(description="D, slices of the model grid (slice 0 inferior).")
+    attention: list[float] = Field(description="Attention-pooling weight per grid slice, [D].")
+    key_slice: int = Field(description="Grid slice with the highest attention.")
+    source_count: int = Field(description="Slices of the selected series.")
+    key_source_index: int = Field(
+        description="Index (inferior to superior) of the series slice nearest the key slice."
+    )
+    key_sop_instance_uid: str | None = Field(
+        description="SOPInstanceUID of that slice, to open it in a viewer."
+    )
+
+
+class Timing(BaseModel):
+    upload: float
+    queue: float
+    read: float
+    select: float
+    resample: float
+    inference: float
+    postprocess: float
+    total: float
+
+
+class TriageResult(BaseModel):
+    """The triage of one study."""
+
+    study_uid: str
+    series_uid: str
+    model: ModelRef
+    findings: list[FindingResult]
+    triage: Triage
+    router: Router
+    slices: Slices
+    timing_ms: Timing
+    warnings: list[str] = Field(description="What the ingest noticed (gaps, tilt, duplicates).")
+    disclaimer: str = Field(description="The model card's intended use.")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_build_example()]})
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: ``code`` is stable and machine-readable, ``detail`` is for people."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    code: str
+    request_id: str | None = None
+    series: list[dict[str, Any]] | None = Field(
+        None, description="For 422: every series of the study and why it was not usable."
+    )
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    backend: str
+    model: ModelRef | None = None
+    detail: str | None = None

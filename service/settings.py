@@ -1,0 +1,123 @@
+"""Gateway settings, read from the environment (prefix ``HEADCT_``) and validated at start-up.
+
+Every field names its environment variable in its error, so a bad deployment fails with a sentence
+that says what to fix. Nothing here is built at import time: ``create_app`` reads ``Settings()``
+inside its factory.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+MIB = 1024 * 1024
+
+
+class BackendKind(StrEnum):
+    ONNX = "onnx"
+    TRITON = "triton"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class Settings(BaseSettings):
+    """How the gateway runs. Each field is ``HEADCT_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HEADCT_", extra="ignore", frozen=True, validate_default=True
+    )
+
+    backend: BackendKind = Field(
+        BackendKind.ONNX,
+        description="onnx: embedded onnxruntime; triton: a Triton Inference Server at triton_url.",
+    )
+    model_repository: Path = Field(
+        DEFAULT_MODEL_REPOSITORY,
+        description="Triton-layout repository: <name>/<version>/model.onnx and model_card.json.",
+    )
+    model_name: str = Field("headct_molre", min_length=1, description="Model folder / Triton name.")
+    model_version: int | None = Field(
+        None, ge=1, description="Version folder to load; unset: the newest numeric version."
+    )
+    onnx_intra_op_threads: int = Field(0, ge=0, description="0: onnxruntime's default.")
+    onnx_inter_op_threads: int = Field(0, ge=0, description="0: onnxruntime's default.")
+    triton_url: str = Field("localhost:8000", description="host:port of Triton's HTTP endpoint.")
+
+    max_upload_bytes: int = Field(1024 * MIB, ge=1, description="Largest request body.")
+    max_files: int = Field(2000, ge=1, description="Most files per study (zip entries included).")
+    max_zip_uncompressed_bytes: int = Field(
+        2048 * MIB, ge=1, description="Largest total uncompressed size of the zips' entries."
+    )
+    max_zip_ratio: float = Field(
+        200.0, gt=1.0, description="Largest uncompressed/compressed ratio of a zip entry."
+    )
+    max_concurrent_jobs: int = Field(
+        2, ge=1, description="Studies decoded, preprocessed and inferred at once (worker threads)."
+    )
+    max_queued_jobs: int = Field(
+        8, ge=0, description="Studies admitted beyond those running; more are refused with 429."
+    )
+    inference_timeout_s: float = Field(30.0, gt=0, description="Backend deadline per study.")
+    upload_timeout_s: float = Field(
+        120.0, gt=0, description="Deadline for receiving a whole upload (slow clients hold a slot)."
+    )
+    upload_dir: Path | None = Field(
+        None, description="Where uploads are spooled; unset: the system temporary folder."
+    )
+    spool_memory_bytes: int = Field(
+        8 * MIB,
+        ge=0,
+        description="Per request, upload bytes kept in memory before spooling to upload_dir.",
+    )
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Comma-separated keys accepted on /v1/*; empty: no authentication."
+    )
+    log_level: LogLevel = LogLevel.INFO
+    log_json: bool = Field(True, description="JSON lines on stderr; false: plain text.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("triton_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        bare = value.split("://", 1)[-1]
+        if not bare or "/" in bare.rstrip("/"):
+            raise ValueError(
+                f"HEADCT_TRITON_URL must be host:port (optionally with http://), got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_paths(self) -> Settings:
+        if self.backend is BackendKind.ONNX and not self.model_repository.is_dir():
+            raise ValueError(
+                f"HEADCT_MODEL_REPOSITORY {str(self.model_repository)!r} is not a folder; point it "
+                "at a model repository holding <model_name>/<version>/model.onnx"
+            )
+        if self.upload_dir is not None and not self.upload_dir.is_dir():
+            raise ValueError(f"HEADCT_UPLOAD_DIR {str(self.upload_dir)!r} is not a folder")
+        return self
+
+    def model_folder(self) -> Path:
+        return self.model_repository / self.model_name

@@ -1,0 +1,440 @@
+"""Receiving a study upload: streamed to disk under limits, zips checked before anything reads them.
+
+A request body (multipart ``files`` parts, or one raw zip or DICOM file) is written part by part,
+counting bytes and files as it arrives, so an oversized one is refused as soon as it crosses a
+limit. Parts stay in memory while the request's total is under a small budget (a typical study is
+a few MB, and creating dozens of files costs more than the gateway's whole HTTP overhead); past
+it they go to a private temporary folder, so a large study never sits in memory twice. Zip archives
+are inspected from their central directory (declared sizes bound what ``zipfile`` will inflate):
+too many entries, too much uncompressed data, a suspicious compression ratio (a zip bomb), or an
+entry with an absolute or ``..`` path are refused before ingest opens the archive. The folder is
+removed when the upload is closed, on every path.
+
+Nothing here knows HTTP; the API layer maps the errors' codes to status codes.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import IO, TYPE_CHECKING
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from service.dicom_io import is_zip
+from service.errors import HeadCTError
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
+MULTIPART = "multipart/form-data"
+ZIP_TYPES = ("application/zip", "application/x-zip-compressed")
+DICOM_TYPE = "application/dicom"
+ACCEPTED_TYPES = (MULTIPART, *ZIP_TYPES, DICOM_TYPE)
+FILES_FIELD = "files"
+
+
+class UploadError(HeadCTError):
+    """The request body cannot be taken as a study upload."""
+
+    code = "invalid_upload"
+
+
+class UnsupportedMediaTypeError(UploadError):
+    code = "unsupported_media_type"
+
+
+class MalformedUploadError(UploadError):
+    code = "malformed_upload"
+
+
+class EmptyUploadError(UploadError):
+    code = "empty_upload"
+
+
+class UploadTimeoutError(UploadError):
+    code = "upload_timeout"
+
+
+class UnsafeZipEntryError(UploadError):
+    code = "unsafe_zip_entry"
+
+
+class UploadTooLargeError(UploadError):
+    code = "upload_too_large"
+
+
+class TooManyFilesError(UploadError):
+    code = "too_many_files"
+
+
+class ZipTooLargeError(UploadError):
+    code = "zip_too_large"
+
+
+class ZipRatioError(UploadError):
+    code = "zip_ratio_exceeded"
+
+
+# The 413 family: the request is refused for its size, not its content.
+LIMIT_ERRORS: tuple[type[UploadError], ...] = (
+    UploadTooLargeError,
+    TooManyFilesError,
+    ZipTooLargeError,
+    ZipRatioError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    max_bytes: int
+    max_files: int
+    max_zip_uncompressed_bytes: int
+    max_zip_ratio: float
+
+
+@dataclass(frozen=True, slots=True)
+class UploadedFile:
+    """One uploaded file: on disk at ``path``, or (small uploads) held in ``data``."""
+
+    name: str  # as the client named it; shown in error messages, never logged
+    size: int
+    head: bytes  # the first bytes, to recognise a zip without reopening the file
+    path: Path | None = None
+    data: bytes | None = None
+
+    def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        return self.path.read_bytes()
+
+    def open(self) -> IO[bytes]:
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        assert self.path is not None
+        return self.path.open("rb")
+
+
+@dataclass
+class Upload:
+    """The spooled files of one request. Close it (or use ``with``) to delete them.
+
+    The temporary folder (under ``spool_dir``) is made when the first file goes to disk."""
+
+    spool_dir: Path | None = None
+    files: list[UploadedFile] = field(default_factory=list)
+    received_bytes: int = 0
+    zip_entries: int = 0
+    _folder: Path | None = None
+
+    @property
+    def folder(self) -> Path:
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="headct-upload-", dir=self.spool_dir))
+        return self._folder
+
+    @property
+    def on_disk(self) -> bool:
+        return self._folder is not None
+
+    def sources(self) -> list[tuple[str, bytes]]:
+        """(name, bytes) for ``ingest_study``. Blocking file reads: call it in a worker thread."""
+        return [(f.name, f.read()) for f in self.files]
+
+    def close(self) -> None:
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def check_media_type(content_type: str | None) -> str:
+    kind = media_type(content_type)
+    if kind not in ACCEPTED_TYPES:
+        raise UnsupportedMediaTypeError(
+            f"Content-Type {kind or 'missing'!r} is not accepted; send multipart/form-data with "
+            f"'{FILES_FIELD}' parts, or a raw application/zip or application/dicom body.",
+            accepted=list(ACCEPTED_TYPES),
+        )
+    return kind
+
+
+def check_declared_length(content_length: str | None, limits: UploadLimits) -> None:
+    """Refuse a body whose declared length is over the limit before reading a byte of it."""
+    if content_length and content_length.strip().isdigit():
+        declared = int(content_length)
+        if declared > limits.max_bytes:
+            raise UploadTooLargeError(
+                f"The upload is {declared} bytes; the limit is {limits.max_bytes}.",
+                limit=limits.max_bytes,
+            )
+
+
+# Entries smaller than this are not held to the ratio: they cannot inflate to much, and a small
+# slice of air compresses very well.
+_RATIO_FLOOR_BYTES = 64 * 1024
+
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class _Spool:
+    """Writes arriving bytes into one file per part, counting bytes and files as it goes.
+
+    While the request's total stays under ``memory_bytes`` its parts are kept in memory (a typical
+    study of a few MB never touches the disk); past it, the part being written and every later
+    one go to numbered files in the upload's temporary folder.
+    """
+
+    def __init__(self, upload: Upload, limits: UploadLimits, memory_bytes: int) -> None:
+        self.upload = upload
+        self.limits = limits
+        self.memory_left = memory_bytes
+        self._handle: IO[bytes] | None = None
+        self._buffer: io.BytesIO | None = None
+        self._name = ""
+        self._path: Path | None = None
+        self._size = 0
+        self._head = b""
+
+    def add_bytes(self, count: int) -> None:
+        self.upload.received_bytes += count
+        if self.upload.received_bytes > self.limits.max_bytes:
+            raise UploadTooLargeError(
+                f"The upload exceeds the limit of {self.limits.max_bytes} bytes.",
+                limit=self.limits.max_bytes,
+            )
+
+    def begin(self, name: str) -> None:
+        if len(self.upload.files) + 1 > self.limits.max_files:
+            raise TooManyFilesError(
+                f"The upload holds more than {self.limits.max_files} files.",
+                limit=self.limits.max_files,
+            )
+        self._name, self._size, self._head = name, 0, b""
+        self._path = None
+        if self.memory_left > 0:
+            self._buffer = io.BytesIO()
+        else:
+            self._to_disk()
+
+    def _to_disk(self) -> None:
+        index = len(self.upload.files)
+        safe = _UNSAFE_CHARS.sub("_", PurePosixPath(self._name.replace("\\", "/")).name)[:64]
+        self._path = self.upload.folder / f"{index:05d}-{safe or 'file'}"
+        self._handle = self._path.open("wb")
+        if self._buffer is not None:
+            self._handle.write(self._buffer.getbuffer())
+            self._buffer = None
+
+    def write(self, data: bytes) -> None:
+        if len(self._head) < 4:
+            self._head = (self._head + data[:4])[:4]
+        self._size += len(data)
+        if self._buffer is not None:
+            self.memory_left -= len(data)
+            if self.memory_left < 0:
+                self._to_disk()
+            else:
+                self._buffer.write(data)
+                return
+        if self._handle is not None:
+            self._handle.write(data)
+
+    def end(self) -> None:
+        if self._buffer is not None:
+            data = self._buffer.getvalue()
+            self.upload.files.append(UploadedFile(self._name, self._size, self._head, data=data))
+        elif self._handle is not None:
+            self._handle.close()
+            self.upload.files.append(
+                UploadedFile(self._name, self._size, self._head, path=self._path)
+            )
+        self._buffer = None
+        self._handle = None
+
+    def abort(self) -> None:
+        self._buffer = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+class _MultipartReader:
+    """Feeds python-multipart, sending ``files`` parts to the spool and refusing other fields."""
+
+    def __init__(self, boundary: bytes, spool: _Spool) -> None:
+        self.spool = spool
+        self.ended = False
+        self._headers: dict[str, str] = {}
+        self._field = b""
+        self._value = b""
+        self._in_file = False
+        callbacks: MultipartCallbacks = {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_end": self._end,
+        }
+        self.parser = MultipartParser(boundary, callbacks)
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+        self._field = self._value = b""
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._field.decode("latin-1").lower()] = self._value.decode("latin-1")
+        self._field = self._value = b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get("content-disposition"))
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        filename = options.get(b"filename")
+        if name != FILES_FIELD:
+            raise MalformedUploadError(
+                f"Unexpected form field {name!r}: send the study as '{FILES_FIELD}' parts.",
+            )
+        self.spool.begin(filename.decode("utf-8", "replace") if filename else "file")
+        self._in_file = True
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file:
+            self.spool.write(data[start:end])
+
+    def _part_end(self) -> None:
+        self.spool.end()
+        self._in_file = False
+
+    def _end(self) -> None:
+        self.ended = True
+
+
+async def receive_upload(
+    content_type: str | None,
+    chunks: AsyncIterator[bytes],
+    limits: UploadLimits,
+    spool_dir: Path | None = None,
+    memory_bytes: int = 0,
+) -> Upload:
+    """Spool a request body (to memory up to ``memory_bytes`` in all, then to a temporary folder
+    under ``spool_dir``) and check any zips in it. On any error the folder is removed before the
+    error propagates."""
+    kind = check_media_type(content_type)
+    upload = Upload(spool_dir)
+    spool = _Spool(upload, limits, memory_bytes)
+    try:
+        if kind == MULTIPART:
+            await _receive_multipart(content_type or "", chunks, spool)
+        else:
+            spool.begin("upload.zip" if kind in ZIP_TYPES else "upload.dcm")
+            async for chunk in chunks:
+                spool.add_bytes(len(chunk))
+                spool.write(chunk)
+            spool.end()
+        if not upload.files or all(f.size == 0 for f in upload.files):
+            raise EmptyUploadError(f"The upload holds no files; send the study as '{FILES_FIELD}'.")
+        check_zips(upload, limits)
+    except BaseException:
+        spool.abort()
+        upload.close()
+        raise
+    return upload
+
+
+async def _receive_multipart(
+    content_type: str, chunks: AsyncIterator[bytes], spool: _Spool
+) -> None:
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise MalformedUploadError("multipart/form-data without a boundary parameter.")
+    try:
+        reader = _MultipartReader(boundary, spool)
+        async for chunk in chunks:
+            spool.add_bytes(len(chunk))
+            reader.parser.write(chunk)
+        reader.parser.finalize()
+    except FormParserError as exc:
+        raise MalformedUploadError(f"The multipart body cannot be parsed ({exc}).") from None
+    if not reader.ended:
+        raise MalformedUploadError("The multipart body ends before its closing boundary.")
+
+
+def unsafe_entry_name(name: str) -> bool:
+    """Absolute paths, drive letters and ``..`` components: names that could escape a folder."""
+    normal = name.replace("\\", "/")
+    return (
+        normal.startswith("/")
+        or bool(re.match(r"^[A-Za-z]:", normal))
+        or ".." in PurePosixPath(normal).parts
+    )
+
+
+def check_zips(upload: Upload, limits: UploadLimits) -> None:
+    """Entry names, counts, total uncompressed size and per-entry ratio of every zip uploaded."""
+    total = 0
+    for file in upload.files:
+        if not is_zip(file.head):
+            continue
+        try:
+            with file.open() as handle, zipfile.ZipFile(handle) as archive:
+                entries = [i for i in archive.infolist() if not i.is_dir()]
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            raise MalformedUploadError(f"{file.name} is a damaged zip ({exc}).") from None
+        upload.zip_entries += len(entries)
+        if len(upload.files) - 1 + upload.zip_entries > limits.max_files:
+            raise TooManyFilesError(
+                f"The upload holds more than {limits.max_files} files (zip entries included).",
+                limit=limits.max_files,
+            )
+        for info in entries:
+            if unsafe_entry_name(info.filename):
+                raise UnsafeZipEntryError(
+                    f"{file.name} holds an entry with an absolute or '..' path; refused."
+                )
+            total += info.file_size
+            if total > limits.max_zip_uncompressed_bytes:
+                raise ZipTooLargeError(
+                    f"The zip entries unpack to more than {limits.max_zip_uncompressed_bytes} "
+                    "bytes.",
+                    limit=limits.max_zip_uncompressed_bytes,
+                )
+            ratio = info.file_size / max(info.compress_size, 1)
+            if info.file_size > _RATIO_FLOOR_BYTES and ratio > limits.max_zip_ratio:
+                raise ZipRatioError(
+                    f"A zip entry expands {ratio:.0f}-fold, over the limit of "
+                    f"{limits.max_zip_ratio:.0f} (a zip bomb?).",
+                    limit=limits.max_zip_ratio,
+                )

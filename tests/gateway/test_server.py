@@ -1,0 +1,156 @@
+"""A real ``headct serve`` (uvicorn) subprocess on a free port, and the ``headct triage`` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from service.cli import app as cli
+from tests.gateway.conftest import PATIENT
+from tests.gateway.onnx_fixture import FixtureModel
+from tests.gateway.studies import multipart_files
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(
+    fixture_model: FixtureModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "stderr.log"
+    env = {
+        **os.environ,
+        "HEADCT_ONNX_INTRA_OP_THREADS": "1",
+        "HEADCT_LOG_LEVEL": "DEBUG",
+        "PYTHONPATH": str(ROOT),
+    }
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--model-repository",
+                str(fixture_model.repository),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx2.get(url + "/readyz", timeout=1).status_code == 200:
+                break
+        except httpx2.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the server did not start:\n{log.read_text()}")
+        time.sleep(0.1)
+    yield Server(url, process, log)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=15)
+
+
+def test_real_server_triage_and_logs(
+    server: Server, phi_study: list[Path], study: list[Path], fixture_model: FixtureModel
+) -> None:
+    response = httpx2.post(
+        server.url + "/v1/triage",
+        files=multipart_files(phi_study),
+        headers={"X-Request-ID": "uvicorn-1"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"] == "uvicorn-1"
+    in_process = CliRunner().invoke(
+        cli,
+        [
+            "triage",
+            str(study[0].parent),
+            "--json",
+            "--model-repository",
+            str(fixture_model.repository),
+        ],
+    )
+    assert in_process.exit_code == 0, in_process.output
+    expected = json.loads(in_process.stdout)
+    np.testing.assert_allclose(
+        [f["probability"] for f in response.json()["findings"]],
+        [f["probability"] for f in expected["findings"]],
+        atol=1e-6,
+    )
+    metrics = httpx2.get(server.url + "/metrics").text
+    assert 'headct_requests_total{route="/v1/triage",status="200"} 1.0' in metrics
+
+    time.sleep(0.2)  # let the access line reach the file
+    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.strip()]
+    assert any(e.get("request_id") == "uvicorn-1" and e["message"] == "request" for e in lines)
+    text = server.log.read_text()
+    for secret in (PATIENT.name, PATIENT.patient_id, PATIENT.birth_date):
+        assert secret not in text and secret not in metrics
+
+
+def test_cli_triage_against_the_server(server: Server, study: list[Path]) -> None:
+    result = CliRunner().invoke(
+        cli, ["triage", str(study[0].parent), "--url", server.url, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert len(body["findings"]) == 75
+    table = CliRunner().invoke(cli, ["triage", str(study[0].parent), "--url", server.url])
+    assert table.exit_code == 0, table.output
+    assert "Priority:" in table.stdout
+    assert "Not a medical device" in table.stdout.replace("\n", " ")
+
+
+def test_cli_triage_reports_a_problem(
+    server: Server, study: list[Path], fixture_model: FixtureModel
+) -> None:
+    remote = CliRunner().invoke(cli, ["triage", str(study[0]), "--url", server.url])
+    assert remote.exit_code == 2
+    assert json.loads(remote.stdout)["error"]["code"] == "too_few_slices"
+    local = CliRunner().invoke(
+        cli, ["triage", str(study[0]), "--model-repository", str(fixture_model.repository)]
+    )
+    assert local.exit_code == 2
+    assert json.loads(local.stdout)["error"]["code"] == "too_few_slices"
+
+
+def test_serve_refuses_bad_settings(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["serve", "--model-repository", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert "HEADCT_MODEL_REPOSITORY" in result.output
