@@ -7,6 +7,7 @@ Training commands import their heavy dependencies when they run, so ``headct ins
 from __future__ import annotations
 
 import json
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -106,7 +107,7 @@ def train(
 ) -> None:
     """Train MoLRE (or a baseline) on DICOM studies; resumes if OUT holds a last.pt.
 
-    Multi-GPU or multi-node: torchrun --nproc_per_node N -m training.cli train ...
+    Multi-GPU: torchrun --standalone --nproc_per_node N -m training.cli train ...
     """
     import logging
 
@@ -145,7 +146,8 @@ def train(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     summary = run_training(config)
-    typer.echo(json.dumps(summary, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
+        typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command()
@@ -166,6 +168,71 @@ def evaluate(
 
     metrics = evaluate_runs(runs, data, out, bootstrap=bootstrap, notes=notes)
     summary = {name: m.get("macro_auc") for name, m in metrics.get("runs", metrics).items()}
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Option(help="Run folder (config.json, best.pt) from headct train.")],
+    repository: Annotated[
+        Path, typer.Option(help="Triton model repository to add the new version to.")
+    ] = Path("model_repository"),
+    name: Annotated[str, typer.Option(help="Model folder and Triton name.")] = "headct_molre",
+    version: Annotated[
+        int | None, typer.Option(min=1, help="Version folder; default: the next free number.")
+    ] = None,
+    validation_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Studies with labels.csv for the parity check, thresholds, router reference and "
+            "the variants' AUC change (the run's own validation split if it is the run's training "
+            "folder). Default: synthetic volumes and the run's validation_predictions.npz."
+        ),
+    ] = None,
+    fp16: Annotated[bool, typer.Option(help="Also write model.fp16.onnx (for GPUs).")] = False,
+    int8: Annotated[bool, typer.Option(help="Also write model.int8.onnx (for CPUs).")] = False,
+    training_data: Annotated[
+        str | None, typer.Option(help="What the model was trained on, for the model card.")
+    ] = None,
+    synthetic: Annotated[
+        bool,
+        typer.Option(help="Trained on synthetic phantoms: the card says not for clinical use."),
+    ] = True,
+    triton_env: Annotated[
+        str,
+        typer.Option(help="EXECUTION_ENV_PATH of the python-backend model (the Triton venv)."),
+    ] = "$$TRITON_MODEL_DIRECTORY/../../.venv-triton",
+) -> None:
+    """Export a trained run to ONNX, check it against PyTorch, and publish it as a new version in
+    a Triton model repository, with its model card and both config.pbtxt files."""
+    import logging
+
+    from training.export import ExportError, export_run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for chatty in ("onnxscript", "onnx_ir"):  # one line per folded constant at INFO
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    try:
+        result = export_run(
+            run,
+            repository,
+            name=name,
+            version=version,
+            validation_data=validation_data,
+            fp16=fp16,
+            int8=int8,
+            training_data=training_data,
+            synthetic=synthetic,
+            execution_env=triton_env,
+        )
+    except ExportError as exc:
+        typer.echo(f"export failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    summary = {
+        "model": str(result.version.model),
+        "version": result.card.version,
+        "metrics": result.card.provenance.metrics,
+    }
     typer.echo(json.dumps(summary, indent=2))
 
 

@@ -66,6 +66,9 @@ class TrainConfig:
     augment: bool = True
     workers: int = 0
     max_steps: int | None = None  # stop early (tests, benchmarks)
+    # End this invocation after this epoch; the schedule still spans ``epochs``, and the next
+    # invocation resumes from last.pt (time-sliced jobs on preemptible or wall-time-limited nodes).
+    stop_after_epoch: int | None = None
     cache: str | None = None  # default: <data>/.cache
 
     def __post_init__(self) -> None:
@@ -118,6 +121,9 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Any:
 def model_from_config(config: dict[str, Any]) -> HeadCTModel:
     """Rebuild the network a run trained (without its trained weights)."""
     molre = MoLREConfig.from_dict(config["molre"]) if config.get("molre") else None
+    # Initialisation that the checkpoint does not hold (a backbone without a weights folder, the
+    # adapters' A matrices before loading) is seeded like training did, so it is reproducible.
+    torch.manual_seed(config["train"]["seed"])
     return build_model(
         config["backbone"],
         adapter=config["adapter"],
@@ -187,6 +193,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     molre = MoLREConfig(**config.molre) if config.adapter == "molre" else None
     if config.adapter == "lora":
         molre = MoLREConfig(**{**config.molre, "experts": 1})
+    torch.manual_seed(config.seed)  # the same initialisation on every rank and on reload
     model = build_model(
         config.backbone,
         adapter=config.adapter,
@@ -264,7 +271,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     wrapped: torch.nn.Module = model
     if world > 1:
-        wrapped = DistributedDataParallel(model, find_unused_parameters=True)
+        wrapped = DistributedDataParallel(model)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     )
@@ -289,7 +296,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                     if balance_weight:
                         loss = loss + balance_weight * load_balancing_loss(output.gates.float())
                 (loss / config.grad_accumulation).backward()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 if (i + 1) % config.grad_accumulation == 0:
                     torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
                     optimizer.step()
@@ -347,6 +354,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 stop = stale >= config.patience or bool(
                     config.max_steps and step >= config.max_steps
                 )
+            if config.stop_after_epoch is not None and epoch >= config.stop_after_epoch:
+                stop = True
             if world > 1:
                 flag = torch.tensor([int(stop)])
                 dist.broadcast(flag, src=0)

@@ -1,0 +1,136 @@
+"""The training loop on synthetic studies: it learns, it resumes exactly, it runs under DDP, and
+its checkpoints hold only what training changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.backbones import create_backbone
+from training.evaluate import Predictions
+from training.synth import SynthOptions, synthesize
+from training.train import TrainConfig, load_run, train
+
+GRID = (8, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    synthesize(
+        out, studies=16, seed=3, options=SynthOptions(slices=16, matrix=64, prevalence_scale=3)
+    )
+    return out
+
+
+def _config(data: Path, out: Path, **overrides: object) -> TrainConfig:
+    base: dict[str, object] = {
+        "data": str(data),
+        "out": str(out),
+        "backbone": "tiny_dinov2",
+        "adapter": "molre",
+        "molre": {"experts": 2, "rank": 2},
+        "grid": GRID,
+        "epochs": 3,
+        "batch_size": 4,
+        "lr": 3e-3,
+        "validation_fraction": 0.25,
+        "patience": 10,
+        "augment": True,
+        "seed": 0,
+        "cache": str(data / ".cache"),
+    }
+    base.update(overrides)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _metrics(run: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_the_loss(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(_config(dataset, run, epochs=6, augment=False, lr=5e-3))
+    losses = [m["train_loss"] for m in _metrics(run)]
+    assert len(losses) == 6
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_checkpoint_holds_only_what_training_changed(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(_config(dataset, run, epochs=1))
+    state = torch.load(run / "best.pt", weights_only=True)["model"]
+    assert state and all(
+        "lora_" in k or "router" in k or k.startswith(("pooling.", "head.")) for k in state
+    ), sorted(state)[:10]
+    config = json.loads((run / "config.json").read_text())
+    assert config["backbone"] == "tiny_dinov2" and config["adapter"] == "molre"
+    assert config["molre"]["experts"] == 2 and config["grid"] == list(GRID)
+    assert len(config["findings"]) == 75
+
+
+def test_save_load_and_resume_are_exact(dataset: Path, tmp_path: Path) -> None:
+    whole = tmp_path / "whole"
+    train(_config(dataset, whole, epochs=3))
+    interrupted = tmp_path / "interrupted"
+    train(_config(dataset, interrupted, epochs=3, stop_after_epoch=1))
+    assert [m["epoch"] for m in _metrics(interrupted)] == [0, 1]
+    train(_config(dataset, interrupted, epochs=3))  # resumes from last.pt at epoch 2
+    assert [m["epoch"] for m in _metrics(interrupted)] == [0, 1, 2]
+    a = torch.load(whole / "last.pt", weights_only=False)["model"]
+    b = torch.load(interrupted / "last.pt", weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+    # A loaded run predicts exactly what training recorded on its validation studies.
+    model, _ = load_run(whole)
+    recorded = Predictions.load(whole / "validation_predictions.npz")
+    from training.evaluation_run import predict_run
+
+    labels_dir = tmp_path / "validation_only"
+    labels_dir.mkdir()
+    rows = (dataset / "labels.csv").read_text().splitlines()
+    keep = [rows[0]] + [r for r in rows[1:] if r.split(",")[0] in recorded.study_uids]
+    (labels_dir / "labels.csv").write_text("\n".join(keep) + "\n")
+    for uid in recorded.study_uids:
+        shutil.copytree(dataset / uid, labels_dir / uid)
+    again = predict_run(whole, labels_dir)
+    order = [again.study_uids.index(u) for u in recorded.study_uids]
+    np.testing.assert_allclose(again.probabilities[order], recorded.probabilities, atol=1e-6)
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_changed_backbone_checkpoint_is_refused(dataset: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "weights"
+    create_backbone("tiny_dinov2").save_pretrained(weights)
+    run = tmp_path / "run"
+    train(_config(dataset, run, epochs=1, weights=str(weights)))
+    load_run(run)  # unchanged: fine
+    with (weights / "config.json").open("a") as handle:
+        handle.write("\n")
+    with pytest.raises(ValueError, match="changed since"):
+        load_run(run)
+
+
+def test_two_process_gloo_ddp(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training.cli",
+        "train", "--data", str(dataset), "--out", str(run), "--depth", "8", "--size", "64",
+        "--experts", "2", "--rank", "2", "--epochs", "1", "--batch-size", "2", "--max-steps", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2
+    assert len(_metrics(run)) == 1  # only rank 0 logs
