@@ -134,3 +134,30 @@ def test_two_process_gloo_ddp(dataset: Path, tmp_path: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2
     assert len(_metrics(run)) == 1  # only rank 0 logs
+
+
+def test_evaluate_command_writes_metrics_report_and_figures(dataset: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    runs = []
+    for adapter in ("molre", "probe"):
+        run = tmp_path / adapter
+        train(_config(dataset, run, epochs=1, adapter=adapter))
+        runs.append(str(run))
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", *runs, "--data", str(dataset), "--out", str(out), "--bootstrap", "50",
+         "--notes", "Synthetic phantoms, not for clinical use"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["runs"]) == {"molre", "probe"}
+    report = (out / "report.md").read_text()
+    assert "Synthetic phantoms" in report and "molre" in report
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert any(n.startswith("radar_") for n in pngs) and any(n.startswith("roc_") for n in pngs)
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

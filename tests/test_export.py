@@ -1,0 +1,305 @@
+"""``headct export``: a tiny trained run becomes a checked ONNX model, a model card that agrees in
+all three places, and Triton configs that match the graph; thresholds; failures write nothing.
+
+One real export (tiny DINOv2 MoLRE on an 8x64x64 grid, fp16 and int8 variants, validation
+studies from the ingest cache) serves the module; the CLI tests reuse its ONNX file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+from typer.testing import CliRunner
+
+from service.backends.base import INPUT_NAME, OUTPUT_NAMES
+from service.findings import FINDING_CODES, FINDINGS, NUM_FINDINGS
+from service.model_card import CARD_FILENAME, CARD_METADATA_KEY, NOT_FOR_CLINICAL_USE, ModelCard
+from service.preprocess import ModelGrid
+from training import export as export_module
+from training.backbones import create_backbone
+from training.data import _fingerprint
+from training.evaluate import Predictions
+from training.export import ExportError, export_run, synthetic_volumes
+from training.model import build_model
+from training.molre import MoLREConfig, expert_layers
+from training.repository import CPU_MODEL_SOURCE
+from training.thresholds import (
+    FALLBACK_THRESHOLD,
+    choose_thresholds,
+    high_sensitivity_threshold,
+    router_reference,
+    youden_threshold,
+)
+from training.train import load_run, weights_sha256
+
+GRID = (8, 64, 64)
+EXPERTS = 3
+ONNX_TYPES = {onnx.TensorProto.INT16: "TYPE_INT16", onnx.TensorProto.FLOAT: "TYPE_FP32"}
+
+
+def make_validation_data(folder: Path, grid: tuple[int, int, int], studies: int) -> Path:
+    """A data folder (labels.csv, one placeholder file per study) whose ingest cache already holds
+    synthetic volumes, exactly where ``training.data.build_cache`` looks for them."""
+    rng = np.random.default_rng(0)
+    cache = folder / ".cache"
+    cache.mkdir(parents=True)
+    labels = rng.integers(0, 2, (studies, NUM_FINDINGS)).astype(float)
+    labels[:, 5] = 0  # no positives: the threshold falls back
+    volumes = synthetic_volumes(ModelGrid(*grid), studies, seed=5)
+    with (folder / "labels.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["study_uid", "patient_id", *FINDING_CODES])
+        for i in range(studies):
+            uid = f"1.2.826.0.1.{i}"
+            (folder / uid).mkdir()
+            (folder / uid / "slice.dcm").write_bytes(b"placeholder")
+            key = _fingerprint(folder / uid, ModelGrid(*grid))
+            np.save(cache / f"{key}.npy", volumes[i])
+            (cache / f"{key}.json").write_text(json.dumps({"study_uid": uid, "patient_key": uid}))
+            writer.writerow([uid, f"patient{i}", *(int(v) for v in labels[i])])
+    return folder
+
+
+def make_tiny_run(folder: Path, *, data: Path | None = None, grid=GRID, seed: int = 0) -> Path:
+    """A run folder as ``training.train`` writes it (config.json, best.pt, validation
+    predictions) for a tiny DINOv2 MoLRE whose experts are switched on, on a saved backbone."""
+    folder.mkdir(parents=True)
+    torch.manual_seed(seed)
+    weights = folder / "backbone"  # a frozen backbone is only reproducible from a checkpoint
+    create_backbone("tiny_dinov2").save_pretrained(weights)
+    molre = MoLREConfig(experts=EXPERTS, rank=2)
+    model = build_model("tiny_dinov2", adapter="molre", molre=molre, weights=weights).eval()
+    for _, layer in expert_layers(model.backbone):
+        torch.nn.init.normal_(layer.lora_B, std=0.2)
+    config = {
+        "backbone": "tiny_dinov2",
+        "weights": str(weights),
+        "weights_sha256": weights_sha256(str(weights)),
+        "adapter": "molre",
+        "molre": molre.to_dict(),
+        "grid": list(grid),
+        "findings": list(FINDING_CODES),
+        "train": {"data": str(data or folder / "no-data"), "validation_fraction": 0.5, "seed": 0},
+        "train_studies": 6,
+        "validation_studies": 6,
+        "created": "2026-01-02T03:04:05+00:00",
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    torch.save({"model": model.trainable_state_dict()}, folder / "best.pt")
+    rng = np.random.default_rng(seed)
+    router = rng.dirichlet(np.ones(EXPERTS), 6)
+    Predictions(
+        "molre",
+        [f"uid{i}" for i in range(6)],
+        rng.integers(0, 2, (6, NUM_FINDINGS)).astype(float),
+        rng.uniform(0, 1, (6, NUM_FINDINGS)),
+        router,
+    ).save(folder / "validation_predictions.npz")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("export")
+    data = make_validation_data(root / "data", GRID, 12)
+    run = make_tiny_run(root / "run", data=data)
+    result = export_run(
+        run, root / "repository", validation_data=data, fp16=True, int8=True, parity_studies=4
+    )
+    return root, run, result
+
+
+def _config(path: Path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_export_writes_a_new_version_with_variants(exported) -> None:
+    root, _, result = exported
+    folder = root / "repository" / "headct_molre" / "1"
+    assert result.version.folder == folder
+    assert {p.name for p in folder.iterdir()} == {
+        "model.onnx", "model.fp16.onnx", "model.int8.onnx", CARD_FILENAME,
+    }  # fmt: skip
+    assert (root / "repository" / "headct_molre_cpu" / "1" / "model.py").read_text() == (
+        CPU_MODEL_SOURCE.read_text()
+    )
+    metrics = result.card.provenance.metrics
+    assert metrics["onnx_max_abs_difference"] < 1e-4
+    assert metrics["validation_studies"] == 6  # the run's validation half of the 12 studies
+    assert metrics["onnx_parity_studies"] == 4  # PyTorch ran on the first batch only
+    for kind in ("fp16", "int8"):
+        assert metrics[f"{kind}_macro_auc_delta"] is not None
+        assert abs(metrics[f"{kind}_macro_auc_delta"]) < 0.2
+    assert metrics["threshold_fallbacks"] >= 1
+    card = result.card
+    assert card.intended_use == NOT_FOR_CLINICAL_USE and card.provenance.synthetic
+    assert (card.grid.depth, card.grid.height, card.grid.width) == GRID
+    assert card.adapter.kind == "molre" and card.adapter.experts == EXPERTS
+    assert card.adapter.added_fraction and card.adapter.added_parameters
+    assert [w.name for w in card.windows] == ["brain", "subdural", "bone"]
+    assert card.provenance.trained == "2026-01-02"
+
+
+def test_onnx_matches_pytorch_on_a_new_batch(exported) -> None:
+    _, run, result = exported
+    model, _ = load_run(run)
+    volumes = synthetic_volumes(ModelGrid(*GRID), 3, seed=11)
+    with torch.no_grad():
+        expected = export_module.ServingGraph(model)(torch.from_numpy(volumes))
+    session = ort.InferenceSession(result.version.model, providers=["CPUExecutionProvider"])
+    got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: volumes})
+    for name, value, reference in zip(OUTPUT_NAMES, got, expected, strict=True):
+        np.testing.assert_allclose(value, reference.numpy(), atol=1e-5, err_msg=name)
+    assert got[1].shape == (3, EXPERTS) and got[2].shape == (3, GRID[0], EXPERTS)
+
+
+def test_the_card_agrees_in_metadata_file_and_both_configs(exported) -> None:
+    result = exported[2]
+    version = result.version
+    cards = {"file": ModelCard.from_json(version.card.read_text())}
+    for path in version.folder.glob("*.onnx"):
+        metadata = {p.key: p.value for p in onnx.load(path).metadata_props}
+        cards[path.name] = ModelCard.from_json(metadata[CARD_METADATA_KEY])
+    for config in (version.config, version.cpu_config):
+        text = _config(config).parameters[CARD_METADATA_KEY].string_value
+        cards[config.parent.name] = ModelCard.from_json(text)
+    assert len(cards) == 6
+    assert all(card == result.card for card in cards.values())
+    session = ort.InferenceSession(version.model, providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map[CARD_METADATA_KEY] == result.card.to_json()
+
+
+def test_configs_match_the_onnx_graph(exported) -> None:
+    result = exported[2]
+    graph = onnx.load(result.version.model).graph
+    shapes = {}
+    for value in [*graph.input, *graph.output]:
+        tensor = value.type.tensor_type
+        shapes[value.name] = (ONNX_TYPES[tensor.elem_type], [d.dim_value for d in tensor.shape.dim])
+    assert list(shapes) == [INPUT_NAME, *OUTPUT_NAMES]
+    for config_path in (result.version.config, result.version.cpu_config):
+        config = _config(config_path)
+        assert config.max_batch_size == 8
+        for tensor in [*config.input, *config.output]:
+            dtype, dims = shapes[tensor.name]
+            assert model_config_pb2.DataType.Name(tensor.data_type) == dtype, tensor.name
+            assert dims[0] == 0 and list(tensor.dims) == dims[1:], tensor.name  # batch dynamic
+        assert [t.name for t in config.output] == list(OUTPUT_NAMES)
+        batching = config.dynamic_batching
+        assert batching.max_queue_delay_microseconds > 0 and batching.preferred_batch_size
+        policy = batching.default_queue_policy
+        assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+        assert policy.default_timeout_microseconds > 0 and policy.allow_timeout_override
+        for warmup in config.model_warmup:
+            sample = warmup.inputs[INPUT_NAME]
+            assert list(sample.dims) == list(GRID) and sample.zero_data
+            assert 1 <= warmup.batch_size <= config.max_batch_size
+
+    gpu, cpu = _config(result.version.config), _config(result.version.cpu_config)
+    assert (gpu.name, gpu.platform) == ("headct_molre", "onnxruntime_onnx")
+    assert [g.kind for g in gpu.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
+    assert "tensorrt" in result.version.config.read_text()  # the commented accelerator stanza
+    assert (cpu.name, cpu.backend) == ("headct_molre_cpu", "python")
+    assert [g.kind for g in cpu.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
+    onnx_model = cpu.parameters["ONNX_MODEL"].string_value
+    cpu_folder = result.version.cpu_config.parent
+    assert (cpu_folder / onnx_model).resolve() == result.version.model.resolve()
+    assert cpu.parameters["EXECUTION_ENV_PATH"].string_value.startswith("$$TRITON_MODEL_DIRECTORY")
+
+
+def test_thresholds_and_router_reference_come_from_validation(exported) -> None:
+    _, _, result = exported
+    by_method = {}
+    for finding, choice, card_finding in zip(
+        FINDINGS, result.thresholds, result.card.findings, strict=True
+    ):
+        assert card_finding.threshold == choice.threshold
+        by_method.setdefault(choice.method, []).append(finding)
+        if choice.method == "sensitivity":
+            assert finding.critical and choice.sensitivity >= 0.95
+        if choice.method == "youden":
+            assert not finding.critical
+    assert FINDINGS[5] in by_method["fallback"]
+    assert result.thresholds[5].threshold == FALLBACK_THRESHOLD
+    reference = result.card.router_reference
+    assert len(reference) == EXPERTS and abs(sum(reference) - 1) < 1e-6
+
+
+def test_high_sensitivity_and_youden_thresholds() -> None:
+    scores = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95])
+    labels = np.array([0, 0, 1, 0, 0, 1, 1, 1, 1, 1])
+    # 6 positives: sensitivity >= 0.95 needs all 6, so the lowest positive score.
+    assert high_sensitivity_threshold(scores, labels) == 0.3
+    assert high_sensitivity_threshold(scores, labels, 0.8) == 0.6  # 5 of 6
+    # Above 0.4 everything is positive and nothing below is, save the 0.3: J = 5/6 + 1 - 1.
+    assert youden_threshold(scores, labels) == 0.6
+
+    all_labels = np.zeros((10, NUM_FINDINGS))
+    all_labels[:, 0] = labels  # a critical finding
+    all_labels[:, -1] = labels  # a non-critical one
+    probabilities = np.tile(scores[:, None], (1, NUM_FINDINGS))
+    choices = choose_thresholds(all_labels, probabilities)
+    assert (choices[0].method, choices[0].threshold) == ("sensitivity", 0.3)
+    assert (choices[-1].method, choices[-1].threshold) == ("youden", 0.6)
+    assert choices[1].method == "fallback" and choices[1].threshold == FALLBACK_THRESHOLD
+    assert router_reference(np.array([[0.2, 0.8], [0.4, 0.6]]), 2) == pytest.approx([0.3, 0.7])
+    assert router_reference(None, 4) == [0.25] * 4
+
+
+def _copy_export(source: Path):
+    def fake_export(model, grid, path: Path) -> None:
+        shutil.copy(source, path)
+
+    return fake_export
+
+
+def test_cli_exports_the_next_version(exported, monkeypatch) -> None:
+    from training.cli import app
+
+    root, run, result = exported
+    # The same graph again (no second torch export): parity holds, version 2 is published.
+    monkeypatch.setattr(export_module, "export_onnx", _copy_export(result.version.model))
+    repository = root / "repository"
+    outcome = CliRunner().invoke(
+        app, ["export", "--run", str(run), "--repository", str(repository)]
+    )
+    assert outcome.exit_code == 0, outcome.output
+    assert json.loads(outcome.stdout[outcome.stdout.index("{") :])["version"] == 2
+    second = repository / "headct_molre" / "2"
+    assert {p.name for p in second.iterdir()} == {"model.onnx", CARD_FILENAME}
+    assert (repository / "headct_molre" / "1" / "model.int8.onnx").is_file()  # untouched
+    cpu = _config(repository / "headct_molre_cpu" / "config.pbtxt")
+    assert cpu.parameters["ONNX_MODEL"].string_value == "../headct_molre/2/model.onnx"
+    card = ModelCard.from_json(cpu.parameters[CARD_METADATA_KEY].string_value)
+    assert card.version == 2 and card.provenance.metrics["onnx_max_abs_difference"] < 1e-4
+    # Without validation data, the thresholds come from the run's validation predictions.
+    assert card.provenance.metrics["threshold_fallbacks"] < 75
+
+
+def test_a_graph_that_disagrees_with_pytorch_fails_and_writes_nothing(
+    exported, tmp_path, monkeypatch
+) -> None:
+    from training.cli import app
+
+    root, _, result = exported
+    other_run = make_tiny_run(tmp_path / "other", seed=1)  # different weights, same shapes
+    monkeypatch.setattr(export_module, "export_onnx", _copy_export(result.version.model))
+    repository = tmp_path / "repository"
+    outcome = CliRunner().invoke(
+        app, ["export", "--run", str(other_run), "--repository", str(repository)]
+    )
+    assert outcome.exit_code == 1
+    assert "differs from PyTorch" in outcome.output
+    assert not repository.exists()
+    with pytest.raises(ExportError, match="exists"):
+        export_run(other_run, root / "repository", version=1)
