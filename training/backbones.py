@@ -203,6 +203,11 @@ REGISTRY: dict[str, BackboneSpec] = {
         CENTRED_MEAN,
         CENTRED_STD,
     ),
+    # The demo model's backbone: small enough to pretrain from scratch on synthetic studies on a
+    # 2-core CPU in minutes, standing in for a foundation model that cannot be downloaded here.
+    "demo_dinov2": BackboneSpec(
+        "dinov2", _vit(128, 4, 4, mlp_ratio=2, patch_size=16, image_size=128), 128
+    ),
     "tiny_dinov2": BackboneSpec(
         "dinov2", _vit(32, 2, 2, mlp_ratio=2, patch_size=8, image_size=32), 32
     ),
