@@ -96,8 +96,23 @@ class Grid:
             self.z[z0:z1, None, None],
         )
 
+    def voxel(self, point: tuple[float, float, float]) -> tuple[int, int, int] | None:
+        """Index of the voxel nearest a canonical point; None if it is off the grid."""
+        i = int(np.argmin(np.abs(self.z - point[2])))
+        if abs(float(self.z[i]) - point[2]) > self.slice_step:
+            return None
+        p = self.pose
+        cos, sin = np.cos(p.yaw_rad), np.sin(p.yaw_rad)
+        n = self.shape[1]
+        col = (p.x_mm + p.scale * (cos * point[0] - sin * point[1])) / self.pixel_spacing_mm
+        row = (p.y_mm + p.scale * (sin * point[0] + cos * point[1])) / self.pixel_spacing_mm
+        c, r = round(col + (n - 1) / 2), round(row + (n - 1) / 2)
+        if not (0 <= r < n and 0 <= c < n):
+            return None
+        return i, r, c
+
     def nearest_slice_z(self, z: float) -> float:
-        """The centre of the slice nearest ``z``: small lesions are centred on a slice so they show."""
+        """Centre of the slice nearest ``z``: small lesions centred on a slice always show."""
         return float(self.z[int(np.argmin(np.abs(self.z - z)))])
 
     def clamp_z(self, z: float, margin: float = 6.0) -> float:
