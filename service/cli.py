@@ -223,7 +223,7 @@ def _triage_local(paths: list[Path], model_repository: Path | None) -> tuple[int
 
     from service.backends import create_backend
     from service.errors import HeadCTError
-    from service.postprocess import build_result
+    from service.postprocess import timed_result
 
     settings = _settings(model_repository=model_repository, backend="onnx")
     try:
@@ -242,18 +242,9 @@ def _triage_local(paths: list[Path], model_repository: Path | None) -> tuple[int
         return 422, exc.to_dict()
     finally:
         backend.close()
-    timing = {
-        "upload": 0.0,
-        "queue": 0.0,
-        **{k: result.timing_ms.get(k, 0.0) for k in ("read", "select", "resample")},
-        "inference": (inferred - inferring) * 1e3,
-        "postprocess": 0.0,
-        "total": 0.0,
-    }
-    triaged = build_result(card, result, outputs, timing)
-    finished = time.perf_counter()
-    triaged.timing_ms.postprocess = round((finished - inferred) * 1e3, 3)
-    triaged.timing_ms.total = round((finished - started) * 1e3, 3)
+    triaged = timed_result(
+        card, result, outputs, started=started, inferring=inferring, inferred=inferred
+    )
     return 200, triaged.model_dump(mode="json")
 
 

@@ -21,7 +21,7 @@ from service.backends.base import BackendTimeoutError, InferenceBackend, ModelOu
 from service.errors import CorruptDicomError, HeadCTError
 from service.ingest import IngestResult, ingest_study
 from service.metrics import GatewayMetrics
-from service.postprocess import build_result
+from service.postprocess import timed_result
 from service.preprocess import ModelGrid
 from service.schemas import PROBLEM_MEDIA_TYPE, Problem, TriageResult
 from service.settings import Settings
@@ -187,17 +187,15 @@ async def _triage_admitted(
         inferring = time.perf_counter()
         outputs = await run_inference(backend, ingest.volume.hu[None], settings.inference_timeout_s)
         inferred = time.perf_counter()
-    timing = {
-        "upload": (uploaded - started) * 1e3,
-        "queue": (dequeued - uploaded) * 1e3,
-        **{k: ingest.timing_ms.get(k, 0.0) for k in ("read", "select", "resample")},
-        "inference": (inferred - inferring) * 1e3,
-        "postprocess": 0.0,
-        "total": 0.0,
-    }
-    result = build_result(card, ingest, outputs, timing)
-    finished = time.perf_counter()
-    result.timing_ms.postprocess = round((finished - inferred) * 1e3, 3)
-    result.timing_ms.total = round((finished - started) * 1e3, 3)
+    result = timed_result(
+        card,
+        ingest,
+        outputs,
+        started=started,
+        inferring=inferring,
+        inferred=inferred,
+        upload_ms=(uploaded - started) * 1e3,
+        queue_ms=(dequeued - uploaded) * 1e3,
+    )
     metrics.observe_result(result, outputs)
     return result
