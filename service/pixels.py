@@ -47,8 +47,8 @@ def _fast_native(ds: Dataset, ref: SliceRef) -> np.ndarray | None:
         )
     pixels = np.frombuffer(data, dtype="<i2" if signed else "<u2", count=count)
     pixels = pixels.reshape(ref.rows, ref.columns)
-    if not signed and bits_stored < 16:
-        pixels = pixels & np.uint16((1 << bits_stored) - 1)  # unused high bits may hold overlays
+    if not signed and bits_stored < 16 and int(pixels.max()) >> bits_stored:
+        pixels = pixels & np.uint16((1 << bits_stored) - 1)  # unused high bits held overlays
     return pixels
 
 

@@ -120,25 +120,31 @@ class PlaneResampler:
         self.outside = (1.0 - inside).astype(np.float32)
         self.fully_inside = bool(np.all(self.outside < 1e-6))
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+    def __call__(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The resampled [height, width] float32 slice, written into ``out`` if given."""
         if self.row_box and self.column_box:
-            return self._box(pixels)
+            return self._box(pixels, out)
         rows = self.row_taps
         values = pixels.astype(np.float32, copy=False)
-        out = rows.weight[:, 0, None] * values[rows.index[:, 0]]
+        along_rows = rows.weight[:, 0, None] * values[rows.index[:, 0]]
         for t in range(1, rows.index.shape[1]):
-            out += rows.weight[:, t, None] * values[rows.index[:, t]]
+            along_rows += rows.weight[:, t, None] * values[rows.index[:, t]]
         cols = self.column_taps
-        result = out[:, cols.index[:, 0]] * cols.weight[:, 0]
+        result = along_rows[:, cols.index[:, 0]] * cols.weight[:, 0]
         for t in range(1, cols.index.shape[1]):
-            result += out[:, cols.index[:, t]] * cols.weight[:, t]
+            result += along_rows[:, cols.index[:, t]] * cols.weight[:, t]
+        if out is not None:
+            out[...] = result
+            return out
         return np.asarray(result)
 
-    def _box(self, pixels: np.ndarray) -> np.ndarray:
+    def _box(self, pixels: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         assert self.row_box and self.column_box
         (r0, kr), (c0, kc) = self.row_box, self.column_box
         r1, c1 = r0 + self.height * kr, c0 + self.width * kc
-        out = pixels[r0:r1:kr, c0:c1:kc].astype(np.float32)
+        if out is None:
+            out = np.empty((self.height, self.width), dtype=np.float32)
+        np.copyto(out, pixels[r0:r1:kr, c0:c1:kc], casting="unsafe")
         for a in range(kr):
             for b in range(kc):
                 if a or b:
@@ -203,20 +209,20 @@ def to_model_grid(stack: SliceStack, grid: ModelGrid) -> GridVolume:
         grid.height,
         grid.width,
     )
-    resampled = np.empty((len(stack.slices), grid.height * grid.width), dtype=np.float32)
+    resampled = np.empty((len(stack.slices), grid.height, grid.width), dtype=np.float32)
     slopes = np.empty(len(stack.slices))
     intercepts = np.empty(len(stack.slices))
     for i, ref in enumerate(stack.slices):
         padding = ref.dataset.get("PixelPaddingValue")
         pixels = _air_floor(stored_pixels(ref), ref.slope, ref.intercept, padding)
-        resampled[i] = plane(pixels).reshape(-1)
+        plane(pixels, out=resampled[i])
         slopes[i], intercepts[i] = ref.slope, ref.intercept
 
     source = stack.positions_mm
     target = np.linspace(source[0], source[-1], grid.depth)
     weights = slice_weights(source, target)
     # HU = slope * stored + intercept, folded into the across-slice weights.
-    hu = (weights * slopes[None, :]).astype(np.float32) @ resampled
+    hu = (weights * slopes[None, :]).astype(np.float32) @ resampled.reshape(len(stack.slices), -1)
     hu = hu.reshape(grid.depth, grid.height, grid.width)
     offset = (weights @ intercepts).astype(np.float32)
     if plane.fully_inside:
