@@ -139,19 +139,35 @@ class PlaneResampler:
         return np.asarray(result)
 
     def _box(self, pixels: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        """Block sums (not yet means: ``gain`` scales them), adding whole rows first, which
+        reads memory in order and is about twice as fast as strided single pixels."""
         assert self.row_box and self.column_box
         (r0, kr), (c0, kc) = self.row_box, self.column_box
         r1, c1 = r0 + self.height * kr, c0 + self.width * kc
         if out is None:
             out = np.empty((self.height, self.width), dtype=np.float32)
-        np.copyto(out, pixels[r0:r1:kr, c0:c1:kc], casting="unsafe")
-        for a in range(kr):
-            for b in range(kc):
-                if a or b:
-                    out += pixels[r0 + a : r1 : kr, c0 + b : c1 : kc]
-        if kr * kc > 1:
-            out *= np.float32(1.0 / (kr * kc))
+        if kr > 1:
+            rows = np.add(
+                pixels[r0:r1:kr, c0:c1], pixels[r0 + 1 : r1 : kr, c0:c1], dtype=np.float32
+            )
+            for a in range(2, kr):
+                rows += pixels[r0 + a : r1 : kr, c0:c1]
+        else:
+            rows = pixels[r0:r1, c0:c1].astype(np.float32)
+        if kc > 1:
+            np.add(rows[:, 0::kc], rows[:, 1::kc], out=out)
+            for b in range(2, kc):
+                out += rows[:, b::kc]
+        else:
+            out[...] = rows
         return out
+
+    @property
+    def gain(self) -> float:
+        """What the values ``__call__`` returns must be multiplied by (1 / block size)."""
+        if self.row_box and self.column_box:
+            return 1.0 / (self.row_box[1] * self.column_box[1])
+        return 1.0
 
 
 def slice_weights(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -222,7 +238,9 @@ def to_model_grid(stack: SliceStack, grid: ModelGrid) -> GridVolume:
     target = np.linspace(source[0], source[-1], grid.depth)
     weights = slice_weights(source, target)
     # HU = slope * stored + intercept, folded into the across-slice weights.
-    hu = (weights * slopes[None, :]).astype(np.float32) @ resampled.reshape(len(stack.slices), -1)
+    hu = (weights * (slopes * plane.gain)[None, :]).astype(np.float32) @ resampled.reshape(
+        len(stack.slices), -1
+    )
     hu = hu.reshape(grid.depth, grid.height, grid.width)
     offset = (weights @ intercepts).astype(np.float32)
     if plane.fully_inside:
