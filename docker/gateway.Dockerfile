@@ -1,0 +1,50 @@
+# syntax=docker/dockerfile:1
+# The gateway: FastAPI + onnxruntime (CPU), no torch. Two targets:
+#   runtime   no model inside; for HEADCT_BACKEND=triton (the model lives on Triton)
+#   embedded  runtime + model_repository/; HEADCT_BACKEND=onnx serves it in-process (the default
+#             target, and the compose `cpu` profile)
+# Build from the repository root:
+#   docker build -f docker/gateway.Dockerfile --target runtime  -t headct-gateway:0.1.0 .
+#   docker build -f docker/gateway.Dockerfile --target embedded -t headct-gateway:0.1.0-embedded .
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service/ service/
+COPY training/ training/
+# The core dependencies only: the `train` extra (torch) is never installed here. `training/` is
+# copied because the `headct` command lives in training.cli, which imports torch lazily.
+RUN /opt/venv/bin/pip install --upgrade pip \
+    && /opt/venv/bin/pip install . \
+    && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
+
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="headct-triage gateway" \
+      org.opencontainers.image.description="Head CT triage gateway (MoLRE). The bundled demo model is trained on synthetic phantoms: not for clinical use." \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 headct \
+    && useradd --system --uid 10001 --gid headct --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin headct
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HEADCT_MODEL_REPOSITORY=/opt/headct/model_repository \
+    HEADCT_LOG_JSON=true
+WORKDIR /opt/headct
+# Numeric user, so Kubernetes can check runAsNonRoot without resolving names.
+USER 10001:10001
+EXPOSE 8080
+# The slim image has no curl: the standard library asks /healthz (liveness, not readiness: a
+# gateway waiting for Triton is alive and says so on /readyz).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4).status != 200)"]
+CMD ["headct", "serve", "--host", "0.0.0.0", "--port", "8080"]
+
+FROM runtime AS embedded
+COPY --chown=10001:10001 model_repository/ /opt/headct/model_repository/
+ENV HEADCT_BACKEND=onnx
