@@ -5,9 +5,15 @@
     onnxruntime in this process. (a)/(b) at the median is the gateway's overhead; target <= 1.25x.
 (c) throughput with 1, 4 and 16 concurrent clients; under 16 no request may fail except with 429,
     and the server's RSS is sampled throughout to show it stays bounded.
+(d) the same throughput levels for a gateway with the Triton backend (``HEADCT_BACKEND=triton``)
+    against the real Triton server bundled in the nvidia-pytriton wheel (python backend model
+    ``headct_molre_cpu``, CPU), interleaved level by level with a gateway on the embedded backend
+    serving the same model file.
 
-Uses the model in ``model_repository/`` if there is one, else the test fixture model (window means
-through linear maps, so inference is nearly free and the ratio is the harshest case).
+(a)-(c) use the model in ``model_repository/`` if there is one, else the test fixture model
+(window means through linear maps, so inference is nearly free and the ratio is the harshest
+case). (d) needs a model Triton can serve: the demo model with its ``headct_molre_cpu`` config if
+``model_repository/`` has them, else a tiny DINOv2 MoLRE exported on the demo's 32x128x128 grid.
 Run: ``python -m bench.gateway``. Results go to bench/results/gateway.{json,md}.
 """
 
@@ -39,6 +45,9 @@ from training.synth import SynthOptions, generate_study, write_study
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "headct_molre"
+TRITON_MODEL = "headct_molre_cpu"
+CLIENTS = (1, 4, 16)
+TINY_GRID = (32, 128, 128)  # the demo model's grid
 
 
 def _model_repository(tmp: Path) -> tuple[Path, str]:
@@ -53,14 +62,37 @@ def _model_repository(tmp: Path) -> tuple[Path, str]:
     return tmp / "repo", "test fixture model (window means; near-zero inference)"
 
 
+def _triton_repository(tmp: Path) -> tuple[Path, str]:
+    """A repository holding ``headct_molre`` and ``headct_molre_cpu`` (its config included)."""
+    if (DEFAULT_MODEL_REPOSITORY / TRITON_MODEL / "config.pbtxt").is_file() and any(
+        p.name.isdigit() and (p / "model.onnx").is_file()
+        for p in (DEFAULT_MODEL_REPOSITORY / MODEL).glob("*")
+    ):
+        return DEFAULT_MODEL_REPOSITORY, "model_repository (demo model)"
+    from tests.test_export import make_tiny_run
+    from tests.triton_local import triton_venv
+    from training.export import export_run
+
+    run = make_tiny_run(tmp / "tiny_run", grid=TINY_GRID)
+    export_run(run, tmp / "triton_repo", execution_env=str(triton_venv()), parity_studies=1)
+    grid = "x".join(map(str, TINY_GRID))
+    return tmp / "triton_repo", f"tiny DINOv2 MoLRE exported on {grid} (untrained weights)"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _start_server(repository: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HEADCT_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+def _start_server(repository: Path, port: int, **settings: str) -> subprocess.Popen[bytes]:
+    """``headct serve`` on ``port``; ``settings`` become HEADCT_<NAME> variables."""
+    env = {
+        **os.environ,
+        "HEADCT_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+        **{f"HEADCT_{k.upper()}": v for k, v in settings.items()},
+    }
     process = subprocess.Popen(
         [
             sys.executable,
@@ -147,6 +179,71 @@ def _throughput(url: str, parts: list[Any], clients: int, per_client: int) -> di
     }
 
 
+def _backend_comparison(
+    tmp: Path, parts: list[Any], per_client: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(d): a gateway on Triton and one embedded, same model file, level by level in turn."""
+    from tests.triton_local import triton_server
+
+    repository, label = _triton_repository(tmp)
+    backends: dict[str, dict[str, str]] = {
+        "onnx": {"backend": "onnx"},
+        "triton": {"backend": "triton", "model_name": TRITON_MODEL},
+    }
+    rows: list[dict[str, Any]] = []
+    with triton_server(repository, [TRITON_MODEL], log_dir=tmp) as triton:
+        backends["triton"]["triton_url"] = triton.http_url
+        servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+        try:
+            for name, settings in backends.items():
+                port = _free_port()
+                servers[name] = (
+                    _start_server(repository, port, **settings),
+                    f"http://127.0.0.1:{port}",
+                )
+            for _, url in servers.values():  # warm both paths
+                _throughput(url, parts, 1, 1)
+            for clients in CLIENTS:
+                for name, (server, url) in servers.items():
+                    with RssSampler(server.pid) as rss:
+                        level = _throughput(url, parts, clients, per_client)
+                    rows.append(
+                        {"backend": name, **level, "server_rss_peak_mb": max(rss.samples) / 2**20}
+                    )
+        finally:
+            for server, _ in servers.values():
+                server.send_signal(signal.SIGTERM)
+                server.wait(timeout=30)
+    info = {
+        "model": label,
+        "triton": "the Triton server bundled in nvidia-pytriton, python backend "
+        f"({TRITON_MODEL}: onnxruntime on CPU, dynamic batching), same host",
+    }
+    return info, rows
+
+
+def _backend_table(info: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    embedded = {r["clients"]: r["ok_per_s"] for r in rows if r["backend"] == "onnx"}
+    return [
+        f"## Triton backend vs embedded ({info['model']})",
+        "",
+        f"Gateway with `HEADCT_BACKEND=triton` against {info['triton']}, and a gateway on the",
+        "embedded onnxruntime backend serving the same model file; levels run in turn.",
+        "",
+        "| backend | clients | requests | 200/s | vs embedded | p50 of 200s (s) | statuses "
+        "| unexpected failures | gateway RSS peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {r['backend']} | {r['clients']} | {r['requests']} | {r['ok_per_s']:.2f} | "
+            f"{r['ok_per_s'] / (embedded[r['clients']] or float('nan')):.2f}x | "
+            f"{(r['ok_p50_s'] or float('nan')):.3f} | {r['statuses']} | "
+            f"{r['unexpected_failures']} | {r['server_rss_peak_mb']:.0f} |"
+            for r in rows
+        ),
+        "",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -191,7 +288,7 @@ def main() -> None:
             ratio = median(times["gateway"]) / median(times["in_process"])
             baseline = psutil.Process(server.pid).memory_info().rss
             levels = []
-            for clients in (1, 4, 16):
+            for clients in CLIENTS:
                 with RssSampler(server.pid) as rss:
                     level = _throughput(url, parts, clients, args.per_client)
                 level["server_rss_peak_mb"] = max(rss.samples) / 2**20
@@ -200,6 +297,7 @@ def main() -> None:
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
+        triton_info, triton_rows = _backend_comparison(tmp, parts, args.per_client)
 
     payload = {
         "model": model_label,
@@ -211,6 +309,7 @@ def main() -> None:
         "throughput": levels,
         "server_rss_mb": {"before": baseline / 2**20, "peak": peak / 2**20},
         "server_settings": "defaults: 2 concurrent jobs, 8 queued, onnxruntime default threads",
+        "backends": {**triton_info, "throughput": triton_rows},
     }
     lines = [
         f"# Gateway benchmark (32-slice 256x256 synthetic study, {upload_mb:.1f} MB upload; "
@@ -233,6 +332,8 @@ def main() -> None:
         ),
         "",
         f"Server RSS: {baseline / 2**20:.0f} MiB before the load, peak {peak / 2**20:.0f} MiB.",
+        "",
+        *_backend_table(triton_info, triton_rows),
         "Shared 2-core machine: compare ratios, not absolute times.",
         "",
     ]

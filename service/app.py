@@ -14,10 +14,11 @@ import anyio
 from fastapi import FastAPI
 
 from service.api.capacity import StudyLimiter
+from service.api.deps import read_card
 from service.api.middleware import RequestContextMiddleware
 from service.api.problems import ERROR_CODES, install_problem_handlers
 from service.api.routes import health, metrics, model, triage
-from service.backends import BackendUnavailableError, create_backend
+from service.backends import BackendTimeoutError, BackendUnavailableError, create_backend
 from service.log_config import configure_logging, silence_header_warnings
 from service.metrics import GatewayMetrics
 from service.model_card import NOT_FOR_CLINICAL_USE
@@ -49,13 +50,14 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         backend = await anyio.to_thread.run_sync(create_backend, settings)
         app.state.backend = backend
         try:
-            card = backend.card
+            # off the event loop: for triton the card is a network call that may hang
+            card = await anyio.to_thread.run_sync(read_card, backend)
             gateway_metrics.describe_model(card, backend.kind)
             log.info(
                 "model loaded",
                 extra={"model": card.name, "version": card.version, "backend": backend.kind},
             )
-        except BackendUnavailableError:
+        except (BackendUnavailableError, BackendTimeoutError):
             if settings.backend is not BackendKind.TRITON:
                 raise
             log.warning("triton not reachable yet; /readyz will say when it is")

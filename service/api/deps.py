@@ -35,8 +35,14 @@ def get_backend(request: Request) -> InferenceBackend:
     return backend
 
 
-def get_card(backend: Annotated[InferenceBackend, Depends(get_backend)]) -> ModelCard:
+def read_card(backend: InferenceBackend) -> ModelCard:
+    """The backend's card. May block (Triton's is read from the server): call it in a worker
+    thread, as FastAPI does for this sync dependency."""
     return backend.card
+
+
+def get_card(backend: Annotated[InferenceBackend, Depends(get_backend)]) -> ModelCard:
+    return read_card(backend)
 
 
 def get_metrics(request: Request) -> GatewayMetrics:

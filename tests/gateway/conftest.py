@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from fastapi import FastAPI
@@ -14,9 +14,14 @@ from service.app import create_app
 from service.settings import Settings
 from tests.gateway.onnx_fixture import FixtureModel, write_fixture_repository
 from tests.gateway.studies import Patient, write_synthetic_study
+from tests.triton_local import TritonServer
+
+if TYPE_CHECKING:
+    from training.export import ExportResult
 
 SLICES = 20  # above the default 16-slice minimum
 PATIENT = Patient(name="Zqxwv^Phiona", patient_id="PID-93517-QX", birth_date="19011231")
+TRITON_MODEL = "headct_molre_cpu"
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +93,36 @@ def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[...
 @pytest.fixture
 def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
+    """A real export: a tiny DINOv2 MoLRE (8x64x64 grid, 3 experts, on a saved backbone so the
+    export is deterministic) as ``headct_molre`` version 1 and ``headct_molre_cpu`` in a temporary
+    repository; the python model runs in the Triton venv. Torch is imported here, not at
+    collection, so the other gateway tests do not pay for it."""
+    from tests.test_export import make_tiny_run
+    from tests.triton_local import triton_venv
+    from training.export import export_run
+
+    root = tmp_path_factory.mktemp("exported")
+    run = make_tiny_run(root / "run")
+    return export_run(run, root / "repository", execution_env=str(triton_venv()), parity_studies=1)
+
+
+@pytest.fixture(scope="session")
+def exported_repository(exported_model: ExportResult) -> Path:
+    return exported_model.version.folder.parent.parent
+
+
+@pytest.fixture(scope="session")
+def triton(
+    exported_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonServer]:
+    """The real Triton server of the nvidia-pytriton wheel serving ``headct_molre_cpu`` from
+    ``exported_repository``, started once. Tests that unload, reconfigure or pause it restore it."""
+    from tests.triton_local import triton_server
+
+    log_dir = tmp_path_factory.mktemp("triton")
+    with triton_server(exported_repository, [TRITON_MODEL], log_dir=log_dir) as server:
+        yield server

@@ -15,7 +15,14 @@ from fastapi import APIRouter, Request
 from starlette.requests import ClientDisconnect
 
 from service.api.capacity import StudyLimiter
-from service.api.deps import ApiKeyDep, BackendDep, LimiterDep, MetricsDep, SettingsDep
+from service.api.deps import (
+    ApiKeyDep,
+    BackendDep,
+    LimiterDep,
+    MetricsDep,
+    SettingsDep,
+    read_card,
+)
 from service.api.problems import log_unexpected
 from service.backends.base import BackendTimeoutError, InferenceBackend, ModelOutputs
 from service.errors import CorruptDicomError, HeadCTError
@@ -177,7 +184,7 @@ async def _triage_admitted(
             "in a zip."
         ) from None
     uploaded = time.perf_counter()
-    card = backend.card
+    card = await anyio.to_thread.run_sync(read_card, backend)  # triton: may be a network call
     async with limiter.slot():
         dequeued = time.perf_counter()
         with upload:
