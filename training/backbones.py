@@ -297,8 +297,10 @@ def _check_architecture(
 
 
 class HFSliceBackbone(nn.Module):
-    """A 2D HF vision transformer applied per slice; the feature is the final-norm CLS token
-    (DINOv2, DINOv3) or the mean of the final tokens (SigLIP, which has no CLS token)."""
+    """A 2D HF vision transformer applied per slice. DINOv2/DINOv3: the final-norm CLS token
+    concatenated with the mean of the patch tokens (DINOv2's own linear-evaluation recipe: the
+    patch mean carries the local detail a CLS token summarises away, and a small backbone trained
+    from scratch leans on it). SigLIP, which has no CLS token: the mean of the final tokens."""
 
     kind: Literal["2d", "3d"] = "2d"
 
@@ -314,7 +316,9 @@ class HFSliceBackbone(nn.Module):
         self.name = name
         self.family = spec.family
         self.pretrained = weights is not None
-        self.feature_dim: int = expected.hidden_size
+        self._prefix_tokens = 1 + int(getattr(expected, "num_register_tokens", 0) or 0)
+        with_patch_mean = spec.family in ("dinov2", "dinov3")
+        self.feature_dim: int = expected.hidden_size * (2 if with_patch_mean else 1)
         self.input_size = spec.input_size
         self.mean, self.std = spec.mean, spec.std
         self.default_targets = family.default_targets
@@ -352,7 +356,9 @@ class HFSliceBackbone(nn.Module):
         if self.family == "siglip":
             output = self.encoder(pixel_values=pixels, interpolate_pos_encoding=self._interpolate)
             return output.last_hidden_state.mean(dim=1)
-        return self.encoder(pixel_values=pixels).pooler_output
+        tokens = self.encoder(pixel_values=pixels).last_hidden_state  # final norm applied
+        patches = tokens[:, self._prefix_tokens :].mean(dim=1)
+        return torch.cat([tokens[:, 0], patches], dim=-1)
 
     def save_pretrained(self, path: Path) -> None:
         """Write the HF folder (config.json + model.safetensors) that ``weights=`` reads."""
