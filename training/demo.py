@@ -48,14 +48,17 @@ PRETRAINING_FINDINGS = frozenset(FINDING_CODES[::2])
 
 @dataclass(frozen=True)
 class DemoSizes:
-    pretrain_studies: int = 320
-    task_studies: int = 300
-    test_studies: int = 160
+    pretrain_studies: int = 600
+    task_studies: int = 500
+    test_studies: int = 200
     slices: int = 32
     matrix: int = 256
     grid: tuple[int, int, int] = (32, 128, 128)
-    pretrain_epochs: int = 8
-    adapter_epochs: int = 10
+    # Findings are made this many times more common than their clinical prevalence, so that each
+    # has enough positives in a few hundred studies to learn and to measure an AUC on.
+    prevalence_scale: float = 4.0
+    pretrain_epochs: int = 10
+    adapter_epochs: int = 8
     batch_size: int = 4
     bootstrap: int = 1000
 
@@ -70,6 +73,7 @@ QUICK = DemoSizes(
     pretrain_epochs=1,
     adapter_epochs=1,
     batch_size=4,
+    prevalence_scale=4.0,
     bootstrap=20,
 )
 
@@ -90,7 +94,9 @@ def _mask_unseen_findings(labels_csv: Path) -> None:
 
 
 def _synthesize(out: Path, sizes: DemoSizes) -> dict[str, Path]:
-    options = SynthOptions(slices=sizes.slices, matrix=sizes.matrix)
+    options = SynthOptions(
+        slices=sizes.slices, matrix=sizes.matrix, prevalence_scale=sizes.prevalence_scale
+    )
     sets = {
         "pretrain": (sizes.pretrain_studies, 11),
         "task": (sizes.task_studies, 22),
@@ -114,7 +120,7 @@ def _train(data: Path, out: Path, sizes: DemoSizes, **overrides: Any) -> dict[st
         grid=sizes.grid,
         batch_size=sizes.batch_size,
         validation_fraction=0.2,
-        patience=4,
+        patience=3,
         seed=0,
         **overrides,
     )
