@@ -50,7 +50,10 @@ def test_gradients_reach_only_the_trainable_parts(name: str) -> None:
     _activate_experts(model)
     model(_volume()).logits.sum().backward()
     for parameter_name, parameter in model.named_parameters():
-        added = any(part in parameter_name for part in (".lora_", ".router.", "pooling.", "head."))
+        added = any(
+            part in parameter_name
+            for part in (".lora_", ".router.", "feature_norm.", "pooling.", "head.")
+        )
         if added:
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, parameter_name
         else:
@@ -60,7 +63,7 @@ def test_gradients_reach_only_the_trainable_parts(name: str) -> None:
 def test_probe_trains_only_pooling_and_head_and_full_trains_all() -> None:
     probe = build_model("tiny_dinov2", "probe")
     trainable = {n.split(".")[0] for n, p in probe.named_parameters() if p.requires_grad}
-    assert trainable == {"pooling", "head"}
+    assert trainable == {"feature_norm", "pooling", "head"}
     full = build_model("tiny_dinov2", "full")
     assert all(p.requires_grad for p in full.parameters())
 
@@ -78,9 +81,8 @@ def test_trainable_state_dict_round_trips() -> None:
     trained = build_model("tiny_dinov2", "molre").eval()
     _activate_experts(trained)
     state = trained.trainable_state_dict()
-    assert state and all(
-        any(part in n for part in (".lora_", ".router.", "pooling.", "head.")) for n in state
-    )
+    parts = (".lora_", ".router.", "feature_norm.", "pooling.", "head.")
+    assert state and all(any(part in n for part in parts) for n in state)
     torch.manual_seed(0)  # the same random backbone, as a checkpoint folder would give
     fresh = build_model("tiny_dinov2", "molre").eval()
     fresh.load_trainable_state_dict(state)

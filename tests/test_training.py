@@ -69,7 +69,8 @@ def test_checkpoint_holds_only_what_training_changed(dataset: Path, tmp_path: Pa
     train(_config(dataset, run, epochs=1))
     state = torch.load(run / "best.pt", weights_only=True)["model"]
     assert state and all(
-        "lora_" in k or "router" in k or k.startswith(("pooling.", "head.")) for k in state
+        "lora_" in k or "router" in k or k.startswith(("feature_norm.", "pooling.", "head."))
+        for k in state
     ), sorted(state)[:10]
     config = json.loads((run / "config.json").read_text())
     assert config["backbone"] == "tiny_dinov2" and config["adapter"] == "molre"

@@ -22,7 +22,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,16 @@ def _mask_unseen_findings(labels_csv: Path) -> None:
         writer.writerows(rows)
 
 
+def _already_synthesized(folder: Path, count: int, options: SynthOptions) -> bool:
+    """A set from an earlier run is reused only if it has the same size and options."""
+    try:
+        annotations = json.loads((folder / "annotations.json").read_text())
+        rows = (folder / "labels.csv").read_text().splitlines()
+    except (OSError, ValueError):
+        return False
+    return len(rows) - 1 == count and annotations.get("options") == asdict(options)
+
+
 def _synthesize(out: Path, sizes: DemoSizes) -> dict[str, Path]:
     options = SynthOptions(
         slices=sizes.slices, matrix=sizes.matrix, prevalence_scale=sizes.prevalence_scale
@@ -105,7 +115,9 @@ def _synthesize(out: Path, sizes: DemoSizes) -> dict[str, Path]:
     folders = {}
     for name, (count, seed) in sets.items():
         folder = out / "data" / name
-        if not (folder / "labels.csv").exists():
+        if not _already_synthesized(folder, count, options):
+            if folder.exists():
+                shutil.rmtree(folder)
             synthesize(folder, studies=count, seed=seed, options=options)
         folders[name] = folder
     _mask_unseen_findings(folders["pretrain"] / "labels.csv")

@@ -115,6 +115,10 @@ class HeadCTModel(nn.Module):
             backbone.requires_grad_(adapter == "full")
         # A plain tuple, not registered again: the layers already live inside the backbone.
         self._expert_layers = tuple(layer for _, layer in expert_layers(backbone))
+        # Per-channel standardisation of slice features (running statistics at inference). A
+        # frozen backbone's features vary far less between slices than their offsets, which a
+        # linear head on raw features learns only slowly.
+        self.feature_norm = nn.BatchNorm1d(backbone.feature_dim)
         self.pooling = GatedAttentionPooling(backbone.feature_dim, pooling_hidden)
         self.head = nn.Linear(backbone.feature_dim, NUM_FINDINGS)
 
@@ -179,6 +183,7 @@ class HeadCTModel(nn.Module):
             # Linear interpolation mixes neighbouring gates convexly, so they still sum to 1.
             gates = _to_depth(gates.flatten(2), depth).unflatten(2, gates.shape[2:])
 
+        features = self.feature_norm(features.flatten(0, 1)).unflatten(0, features.shape[:2])
         study, attention = self.pooling(features, slice_mask)
         logits = self.head(study)
         slice_router = gates.mean(dim=2)
@@ -196,7 +201,12 @@ class HeadCTModel(nn.Module):
         if self.adapter == "full":
             return state
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        return {name: tensor for name, tensor in state.items() if name in trainable}
+        # The feature norm's running statistics are buffers, not parameters, but training sets them.
+        return {
+            name: tensor
+            for name, tensor in state.items()
+            if name in trainable or name.startswith("feature_norm.")
+        }
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load what ``trainable_state_dict`` returned; any missing or extra key is an error."""
