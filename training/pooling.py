@@ -19,7 +19,9 @@ class GatedAttentionPooling(nn.Module):
         super().__init__()
         self.V = nn.Linear(in_features, hidden_features)
         self.U = nn.Linear(in_features, hidden_features)
-        self.w = nn.Linear(hidden_features, 1)
+        # No bias: the softmax over slices ignores a constant added to every score, so a bias
+        # here could never learn (its gradient is zero by construction).
+        self.w = nn.Linear(hidden_features, 1, bias=False)
 
     def forward(
         self, features: torch.Tensor, mask: torch.Tensor | None = None
