@@ -238,3 +238,44 @@ def export(
 
 if __name__ == "__main__":
     app()
+
+
+@app.command()
+def pretrain(
+    out: Annotated[Path, typer.Option(help="Run folder; run again to resume from last.pt.")],
+    backbone: Annotated[str, typer.Option(help="Registered backbone name.")] = "demo_vit",
+    steps: Annotated[int, typer.Option(min=1, help="Steps the schedule spans.")] = 20000,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop (with a checkpoint) after this long.")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=0, help="Phantom generator processes.")] = 1,
+    threads: Annotated[int, typer.Option(min=0, help="Torch threads (0: default).")] = 0,
+    studies_per_step: Annotated[float, typer.Option(help="Fresh studies per step.")] = 2.0,
+    seed: Annotated[int, typer.Option(help="Seed of the study streams and the model.")] = 0,
+    export: Annotated[
+        Path | None,
+        typer.Option(help="After training, write the backbone (fp16 save_pretrained) here."),
+    ] = None,
+) -> None:
+    """Pretrain a stand-in foundation backbone on phantoms streamed from the generator, with
+    slice-level targets on half of the findings (SYNTHETIC data; resumable)."""
+    import logging
+
+    from training.pretrain import PretrainConfig, export_weights
+    from training.pretrain import pretrain as run_pretrain
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = PretrainConfig(
+        out=str(out),
+        backbone=backbone,
+        steps=steps,
+        workers=workers,
+        threads=threads,
+        studies_per_step=studies_per_step,
+        seed=seed,
+    )
+    result = run_pretrain(config, max_seconds=None if max_minutes is None else 60 * max_minutes)
+    typer.echo(json.dumps(result))
+    if export is not None:
+        card = export_weights(out, export)
+        typer.echo(f"wrote {export} (step {card['steps']})")

@@ -1,0 +1,496 @@
+"""Pretrain a stand-in foundation backbone on phantoms streamed from the generator.
+
+No pretrained weights can be downloaded here, so the project makes its own: a small ViT trained
+with **slice-level** targets (which slices of a study show each finding, from the generator's
+annotations) on a subset of the findings, on fresh studies drawn without end from
+``generate_study``: no study is seen twice, so the backbone cannot memorise a data set. An
+auxiliary head predicts the slice's position in the head (eight bins, inferior to superior), which
+teaches the anatomy that the router and the attention read.
+
+    headct pretrain --out runs/backbone                 # runs until --steps, resumable
+    headct pretrain --out runs/backbone                 # again: resumes from last.pt
+    headct pretrain --out runs/backbone --export training/weights/demo_vit
+
+Each study is generated at the source matrix (256 x 256 by default, as ``headct synth`` writes
+it) and block-averaged to the model grid, which is what the service's ingest does to the same
+study (area averaging), then rounded to INT16 HU as the gateway sends it.
+
+The run folder holds ``config.json``, ``last.pt`` (model, optimiser, schedule, the position in the
+study stream; written every ``checkpoint_every_s`` seconds and at the end), ``validation.jsonl``
+(the validation curve: slice-level and study-level macro AUC on a fixed set of held-out studies)
+and ``validation.npz`` (that set, generated once). A run stopped hard loses at most one checkpoint
+interval; run the same command again to continue.
+
+Everything is SYNTHETIC: the backbone has never seen patient data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing as mp
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from service.findings import FINDING_CODES
+from training.backbones import SliceBackbone, create_backbone
+from training.model import DEFAULT_WINDOWS, HUWindowing
+
+log = logging.getLogger(__name__)
+
+# The backbone learns every other finding; the rest are left for the adapters to add.
+PRETRAINING_FINDINGS: tuple[str, ...] = tuple(FINDING_CODES[::2])
+POSITION_BINS = 8
+# Seeds of the streams: training studies are [seed, TRAIN_STREAM, i], validation [seed, VAL, i].
+TRAIN_STREAM = 1
+VALIDATION_STREAM = 2
+
+
+@dataclass
+class PretrainConfig:
+    out: str = field(metadata={"help": "Run folder (config, checkpoints, validation curve)."})
+    backbone: str = field(default="demo_vit", metadata={"help": "Registered backbone name."})
+    findings: tuple[str, ...] = field(
+        default=PRETRAINING_FINDINGS,
+        metadata={"help": "Findings with slice-level targets (default: every other one)."},
+    )
+    grid: tuple[int, int, int] = field(
+        default=(32, 128, 128), metadata={"help": "Model grid: slices, rows, columns."}
+    )
+    source_matrix: int = field(
+        default=256, metadata={"help": "Matrix the phantoms are generated at, then averaged."}
+    )
+    prevalence_scale: float = field(
+        default=4.0, metadata={"help": "Finding prevalence multiplier of the streamed phantoms."}
+    )
+    steps: int = field(default=20000, metadata={"help": "Optimiser steps the schedule spans."})
+    slices_per_step: int = field(default=64, metadata={"help": "Slices in one batch."})
+    studies_per_step: float = field(
+        default=2.0, metadata={"help": "Fresh studies entering the shuffle buffer per step."}
+    )
+    buffer_studies: int = field(
+        default=24, metadata={"help": "Studies in the shuffle buffer slices are drawn from."}
+    )
+    lr: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
+    warmup_steps: int = field(default=500, metadata={"help": "Linear warm-up steps."})
+    position_weight: float = field(
+        default=0.2, metadata={"help": "Weight of the slice-position auxiliary loss."}
+    )
+    positive_weight_cap: float = field(
+        default=10.0, metadata={"help": "Cap of sqrt(neg/pos) per-finding positive weights."}
+    )
+    validation_studies: int = field(
+        default=96, metadata={"help": "Held-out studies of the validation curve."}
+    )
+    validate_every: int = field(default=500, metadata={"help": "Steps between validations."})
+    checkpoint_every_s: float = field(
+        default=300.0, metadata={"help": "Seconds between checkpoints (and at the end)."}
+    )
+    workers: int = field(default=1, metadata={"help": "Generator processes (0: in-process)."})
+    threads: int = field(default=0, metadata={"help": "Torch threads (0: torch's default)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the study streams and the model."})
+
+    def __post_init__(self) -> None:
+        self.findings = tuple(self.findings)
+        self.grid = tuple(self.grid)  # type: ignore[assignment]
+        unknown = sorted(set(self.findings) - set(FINDING_CODES))
+        if unknown or not self.findings:
+            raise ValueError(f"findings must be a non-empty subset of the 75 codes: {unknown}")
+        if self.source_matrix % self.grid[1] or self.source_matrix % self.grid[2]:
+            raise ValueError("source_matrix must be a multiple of the grid's rows and columns")
+        if self.slices_per_step < 2 or self.buffer_studies < 1 or self.studies_per_step <= 0:
+            raise ValueError("slices_per_step >= 2, buffer_studies >= 1, studies_per_step > 0")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown PretrainConfig fields {unknown}")
+        return cls(**data)
+
+
+@dataclass
+class SliceStudy:
+    """One phantom on the model grid with its slice-level targets."""
+
+    hu: np.ndarray  # int16 [D, H, W]
+    targets: np.ndarray  # uint8 [D, F]: finding f visible on grid slice d
+    labels: np.ndarray  # uint8 [75]: study-level labels, all findings
+
+
+def make_study(config: PretrainConfig, stream: int, index: int) -> SliceStudy:
+    """Study ``index`` of a stream: the same arguments always give the same study."""
+    from training.synth import SynthOptions, generate_study
+
+    depth, height, width = config.grid
+    options = SynthOptions(
+        slices=depth, matrix=config.source_matrix, prevalence_scale=config.prevalence_scale
+    )
+    study = generate_study(np.random.default_rng([config.seed, stream, index]), options)
+    fy, fx = config.source_matrix // height, config.source_matrix // width
+    hu = study.hu.reshape(depth, height, fy, width, fx).mean(axis=(2, 4))
+    hu = np.clip(np.rint(hu), -1024, 32767).astype(np.int16)
+    targets = np.zeros((depth, len(config.findings)), np.uint8)
+    for column, code in enumerate(config.findings):
+        for s in study.lesion_slices.get(code, ()):
+            targets[int(s), column] = 1
+    return SliceStudy(hu, targets, study.labels)
+
+
+class SlicePretrainer(nn.Module):
+    """HU slices [N, H, W] -> (finding logits [N, F], position logits [N, 8]) through the backbone,
+    windowed and normalised exactly as ``HeadCTModel`` feeds it."""
+
+    def __init__(self, backbone: SliceBackbone, findings: int) -> None:
+        super().__init__()
+        assert isinstance(backbone, nn.Module)
+        self.backbone = backbone
+        self.windowing = HUWindowing(DEFAULT_WINDOWS)
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
+        self.findings = nn.Linear(backbone.feature_dim, findings)
+        self.position = nn.Linear(backbone.feature_dim, POSITION_BINS)
+
+    def forward(self, hu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = self.windowing(hu.unsqueeze(1)).squeeze(1)  # [N, 3, H, W]
+        size = self.backbone.input_size
+        if tuple(pixels.shape[-2:]) != (size, size):
+            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+        features = self.backbone((pixels - self.mean) / self.std)
+        return self.findings(features), self.position(features)
+
+
+class StudyStream:
+    """Fresh studies ``start, start+1, ...`` of one stream, generated ahead in worker processes."""
+
+    def __init__(self, config: PretrainConfig, start: int, ahead: int = 8) -> None:
+        self.config, self.next_index, self.ahead = config, start, ahead
+        self.pool = mp.get_context("fork").Pool(config.workers) if config.workers > 0 else None
+        self.pending: deque[Any] = deque()
+        self._fill()
+
+    def _fill(self) -> None:
+        if self.pool is None:
+            return
+        while len(self.pending) < self.ahead:
+            index = self.next_index + len(self.pending)
+            self.pending.append(
+                self.pool.apply_async(make_study, (self.config, TRAIN_STREAM, index))
+            )
+
+    def get(self) -> SliceStudy:
+        """The next study; ``consumed`` (the resume point) advances by one."""
+        if self.pool is None:
+            study = make_study(self.config, TRAIN_STREAM, self.next_index)
+        else:
+            study = self.pending.popleft().get()
+        self.next_index += 1
+        self._fill()
+        return study
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+def _schedule(step: int, config: PretrainConfig) -> float:
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _validation_set(config: PretrainConfig, out: Path) -> dict[str, np.ndarray]:
+    path = out / "validation.npz"
+    if path.is_file():
+        with np.load(path) as data:
+            stored = dict(data)
+        if len(stored["labels"]) == config.validation_studies:
+            return stored
+    studies = [
+        make_study(config, VALIDATION_STREAM, i) for i in range(config.validation_studies)
+    ]
+    data = {
+        "hu": np.stack([s.hu for s in studies]),
+        "targets": np.stack([s.targets for s in studies]),
+        "labels": np.stack([s.labels for s in studies]),
+    }
+    np.savez_compressed(path, **data)
+    return data
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    if labels.min() == labels.max():
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def validate(model: SlicePretrainer, data: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Slice-level macro AUC, study-level macro AUC (max over slices) on the pretraining
+    findings, and the slice-position accuracy."""
+    model.eval()
+    hu = torch.from_numpy(data["hu"])
+    studies, depth = hu.shape[:2]
+    logits, positions = [], []
+    with torch.no_grad():
+        for start in range(0, studies, 4):
+            chunk = hu[start : start + 4].flatten(0, 1)
+            finding_logits, position_logits = model(chunk)
+            logits.append(finding_logits)
+            positions.append(position_logits.argmax(-1))
+    model.train()
+    scores = torch.cat(logits).sigmoid().numpy().reshape(studies, depth, -1)
+    targets = data["targets"]
+    slice_aucs = [
+        _auc(scores[..., f].ravel(), targets[..., f].ravel()) for f in range(scores.shape[-1])
+    ]
+    study_aucs = [
+        _auc(scores[..., f].max(axis=1), targets[..., f].max(axis=1))
+        for f in range(scores.shape[-1])
+    ]
+    expected = np.tile(_position_bins(depth), studies)
+    predicted = torch.cat(positions).numpy()
+    slice_defined = [a for a in slice_aucs if a is not None]
+    study_defined = [a for a in study_aucs if a is not None]
+    return {
+        "slice_macro_auc": float(np.mean(slice_defined)) if slice_defined else None,
+        "study_macro_auc": float(np.mean(study_defined)) if study_defined else None,
+        "findings_scored": len(study_defined),
+        "position_accuracy": float((predicted == expected).mean()),
+    }
+
+
+def _position_bins(depth: int) -> np.ndarray:
+    return np.minimum(np.arange(depth) * POSITION_BINS // depth, POSITION_BINS - 1)
+
+
+def _positive_weights(config: PretrainConfig, data: dict[str, np.ndarray]) -> torch.Tensor:
+    targets = data["targets"].reshape(-1, len(config.findings)).astype(np.float64)
+    positives = targets.sum(0)
+    negatives = len(targets) - positives
+    weights = np.sqrt(negatives / np.maximum(positives, 1))
+    return torch.tensor(np.clip(weights, 1.0, config.positive_weight_cap), dtype=torch.float32)
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save(state, temporary)
+    temporary.replace(path)  # atomic: a hard stop mid-write leaves the previous checkpoint
+
+
+def pretrain(config: PretrainConfig, *, max_seconds: float | None = None) -> dict[str, Any]:
+    """Train (or resume) until ``config.steps`` or ``max_seconds``; returns the last validation."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    if config_path.is_file():
+        recorded = PretrainConfig.from_dict(json.loads(config_path.read_text()))
+        # Only what does not change the model or the data may differ on resume.
+        free = {"out", "steps", "validate_every", "checkpoint_every_s", "workers", "threads"}
+        differs = [
+            f.name
+            for f in fields(PretrainConfig)
+            if f.name not in free and getattr(recorded, f.name) != getattr(config, f.name)
+        ]
+        if differs:
+            raise ValueError(f"{out} was started with other settings: {differs}")
+    config_path.write_text(json.dumps(asdict(config), indent=2) + "\n")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+
+    model = SlicePretrainer(create_backbone(config.backbone), len(config.findings))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, config))
+    step, consumed = 0, 0
+    last = out / "last.pt"
+    if last.is_file():
+        state = torch.load(last, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        step, consumed = state["step"], state["consumed"]
+        log.info("resumed at step %d (%d studies consumed)", step, consumed)
+
+    validation = _validation_set(config, out)
+    pos_weight = _positive_weights(config, validation)
+    depth = config.grid[0]
+    positions = torch.from_numpy(_position_bins(depth))
+    rng = np.random.default_rng([config.seed, 3, step])
+    stream = StudyStream(config, consumed)
+    buffer: deque[SliceStudy] = deque(maxlen=config.buffer_studies)
+    started = last_checkpoint = time.monotonic()
+    credit = 0.0
+    result: dict[str, Any] = {}
+
+    def checkpoint() -> None:
+        _save(
+            last,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                # The buffer is refilled on resume: its studies are counted as not consumed.
+                "consumed": stream.next_index - len(buffer),
+            },
+        )
+
+    try:
+        while len(buffer) < config.buffer_studies:
+            buffer.append(stream.get())
+        model.train()
+        window_loss, window_steps, window_started = 0.0, 0, time.monotonic()
+        while step < config.steps:
+            credit += config.studies_per_step
+            while credit >= 1:
+                buffer.append(stream.get())
+                credit -= 1
+            picks = rng.integers(0, len(buffer) * depth, config.slices_per_step)
+            studies, slices = picks // depth, picks % depth
+            hu = torch.from_numpy(np.stack([buffer[s].hu[d] for s, d in zip(studies, slices)]))
+            targets = torch.from_numpy(
+                np.stack([buffer[s].targets[d] for s, d in zip(studies, slices)])
+            ).float()
+            if rng.random() < 0.5:
+                hu = hu.flip(-1)  # left-right: findings are lateralised either way
+            finding_logits, position_logits = model(hu)
+            loss = F.binary_cross_entropy_with_logits(
+                finding_logits, targets, pos_weight=pos_weight
+            ) + config.position_weight * F.cross_entropy(
+                position_logits, positions[torch.from_numpy(slices)]
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            window_loss += loss.item()
+            window_steps += 1
+
+            done = step >= config.steps
+            out_of_time = max_seconds is not None and time.monotonic() - started > max_seconds
+            if step % config.validate_every == 0 or done or out_of_time:
+                result = validate(model, validation)
+                elapsed = time.monotonic() - window_started
+                result |= {
+                    "step": step,
+                    "studies_seen": stream.next_index,
+                    "train_loss": window_loss / max(window_steps, 1),
+                    "slices_per_s": window_steps * config.slices_per_step / max(elapsed, 1e-9),
+                    "lr": scheduler.get_last_lr()[0],
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                }
+                with (out / "validation.jsonl").open("a") as handle:
+                    handle.write(json.dumps(result) + "\n")
+                log.info("pretrain %s", json.dumps(result))
+                window_loss, window_steps, window_started = 0.0, 0, time.monotonic()
+            if done or out_of_time or time.monotonic() - last_checkpoint > config.checkpoint_every_s:
+                checkpoint()
+                last_checkpoint = time.monotonic()
+            if out_of_time:
+                break
+    finally:
+        stream.close()
+    return result
+
+
+def load_pretrainer(run: Path) -> tuple[SlicePretrainer, PretrainConfig]:
+    """The model of a pretraining run's last checkpoint, and its config."""
+    config = PretrainConfig.from_dict(json.loads((Path(run) / "config.json").read_text()))
+    model = SlicePretrainer(create_backbone(config.backbone), len(config.findings))
+    state = torch.load(Path(run) / "last.pt", weights_only=False)
+    model.load_state_dict(state["model"])
+    return model.eval(), config
+
+
+def export_weights(run: Path, folder: Path, *, half: bool = True) -> dict[str, Any]:
+    """Write the backbone of ``run`` as a ``save_pretrained`` folder that ``--weights`` reads
+    (fp16 by default: the backbone is frozen downstream, and the loader casts to fp32), with a
+    card (``PRETRAINING.md`` and ``pretraining.json``) of how it was made."""
+    model, config = load_pretrainer(run)
+    state = torch.load(Path(run) / "last.pt", weights_only=False)
+    curve = [
+        json.loads(line)
+        for line in (Path(run) / "validation.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder = model.backbone.encoder
+    if half:
+        encoder = encoder.half()
+    encoder.save_pretrained(folder)
+    last = curve[-1] if curve else {}
+    card = {
+        "backbone": config.backbone,
+        "synthetic": True,
+        "objective": "slice-level multi-label BCE on the listed findings + slice position (8 bins)",
+        "findings": list(config.findings),
+        "steps": state["step"],
+        "studies_seen": state["consumed"],
+        "slices_seen": state["step"] * config.slices_per_step,
+        "dtype": "float16" if half else "float32",
+        "config": asdict(config),
+        "last_validation": last,
+        "validation_curve": curve,
+    }
+    (folder / "pretraining.json").write_text(json.dumps(card, indent=1) + "\n")
+    (folder / "PRETRAINING.md").write_text(_card_markdown(card))
+    return card
+
+
+def _card_markdown(card: dict[str, Any]) -> str:
+    last = card["last_validation"]
+    lines = [
+        f"# `{card['backbone']}`: a stand-in foundation backbone pretrained on synthetic phantoms",
+        "",
+        "**Synthetic data only: not for clinical use.** Made by `headct pretrain` "
+        "(`training/pretrain.py`) from nothing: no downloaded weights, no patient data.",
+        "",
+        f"- Objective: {card['objective']}.",
+        f"- Data: {card['studies_seen']:,} fresh phantom studies streamed from the generator "
+        f"(prevalence x{card['config']['prevalence_scale']:g}, generated at "
+        f"{card['config']['source_matrix']} px and averaged to the "
+        f"{'x'.join(map(str, card['config']['grid']))} grid), {card['slices_seen']:,} slices in "
+        f"{card['steps']:,} steps; no study was seen twice.",
+        f"- Findings with slice-level targets ({len(card['findings'])} of 75; the others are left "
+        "for the adapters): " + ", ".join(f"`{c}`" for c in card["findings"]) + ".",
+        f"- Stored as {card['dtype']}.",
+    ]
+    if last:
+        lines += [
+            "",
+            f"Last validation ({card['config']['validation_studies']} held-out studies): slice "
+            f"macro AUC {last['slice_macro_auc']:.3f}, study macro AUC (max over slices) "
+            f"{last['study_macro_auc']:.3f}, slice position accuracy "
+            f"{last['position_accuracy']:.3f}.",
+            "",
+            "| step | studies seen | slice macro AUC | study macro AUC | position acc. |",
+            "|---|---|---|---|---|",
+        ]
+        for row in card["validation_curve"]:
+            lines.append(
+                f"| {row['step']} | {row['studies_seen']} | {row['slice_macro_auc']:.3f} | "
+                f"{row['study_macro_auc']:.3f} | {row['position_accuracy']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
