@@ -219,9 +219,7 @@ def _validation_set(config: PretrainConfig, out: Path) -> dict[str, np.ndarray]:
             stored = dict(data)
         if len(stored["labels"]) == config.validation_studies:
             return stored
-    studies = [
-        make_study(config, VALIDATION_STREAM, i) for i in range(config.validation_studies)
-    ]
+    studies = [make_study(config, VALIDATION_STREAM, i) for i in range(config.validation_studies)]
     data = {
         "hu": np.stack([s.hu for s in studies]),
         "targets": np.stack([s.targets for s in studies]),
@@ -366,10 +364,9 @@ def pretrain(config: PretrainConfig, *, max_seconds: float | None = None) -> dic
                 credit -= 1
             picks = rng.integers(0, len(buffer) * depth, config.slices_per_step)
             studies, slices = picks // depth, picks % depth
-            hu = torch.from_numpy(np.stack([buffer[s].hu[d] for s, d in zip(studies, slices)]))
-            targets = torch.from_numpy(
-                np.stack([buffer[s].targets[d] for s, d in zip(studies, slices)])
-            ).float()
+            chosen = list(zip(studies, slices, strict=True))
+            hu = torch.from_numpy(np.stack([buffer[s].hu[d] for s, d in chosen]))
+            targets = torch.from_numpy(np.stack([buffer[s].targets[d] for s, d in chosen])).float()
             if rng.random() < 0.5:
                 hu = hu.flip(-1)  # left-right: findings are lateralised either way
             finding_logits, position_logits = model(hu)
@@ -404,7 +401,8 @@ def pretrain(config: PretrainConfig, *, max_seconds: float | None = None) -> dic
                     handle.write(json.dumps(result) + "\n")
                 log.info("pretrain %s", json.dumps(result))
                 window_loss, window_steps, window_started = 0.0, 0, time.monotonic()
-            if done or out_of_time or time.monotonic() - last_checkpoint > config.checkpoint_every_s:
+            due = time.monotonic() - last_checkpoint > config.checkpoint_every_s
+            if done or out_of_time or due:
                 checkpoint()
                 last_checkpoint = time.monotonic()
             if out_of_time:
