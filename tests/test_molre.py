@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.backbones import create_backbone
+from training.model import HeadCTModel
 from training.molre import (
     MoLREConfig,
     MoLRELinear,
@@ -90,7 +91,12 @@ def test_linear_experts_match_a_per_expert_loop() -> None:
     nn.init.normal_(layer.lora_B)
     x = torch.randn(2, 7, 5)  # two items of seven tokens
     assert layer.router is not None
-    gates = torch.softmax(layer.router.proj(x.mean(dim=1)) / 0.7, dim=-1)
+    layer.eval()  # the router's input statistics stay as they are
+    layer.router.norm.running_mean.copy_(torch.randn(5))
+    layer.router.norm.running_var.copy_(torch.rand(5) + 0.5)
+    norm = layer.router.norm
+    standardised = (x.mean(dim=1) - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+    gates = torch.softmax(layer.router.proj(standardised) / 0.7, dim=-1)
     expected = layer.base_layer(x)
     for k in range(3):
         rows = slice(2 * k, 2 * k + 2)
@@ -223,3 +229,39 @@ def test_non_adaptable_target_is_rejected_before_anything_changes() -> None:
         inject_molre(backbone, MoLREConfig(target_modules=(r"layer\.0\.norm1",)))
     assert not expert_layers(backbone)
     assert all(p.requires_grad for p in backbone.parameters())
+
+
+def test_router_reads_the_differences_between_inputs_not_their_common_offset() -> None:
+    """The summaries a router reads share a large offset (demo v1's router saw nearly the same
+    vector for every slice and gave the same gates). Standardised by running statistics, small
+    differences between inputs move the gates from the first step on."""
+    torch.manual_seed(0)
+    layer = MoLRELinear(nn.Linear(64, 64), MoLREConfig(experts=4, rank=2))
+    offset = 5.0 * torch.randn(64)
+    x = offset + 0.01 * torch.randn(32, 10, 64)  # 32 slices that differ by 1/500 of the offset
+    layer.train()
+    layer(x)
+    assert layer.last_gates is not None
+    assert layer.last_gates.std(dim=0).min() > 0.05  # every expert's gate varies across slices
+    raw = torch.softmax(layer.router.proj(x.mean(dim=1)), dim=-1)
+    assert raw.std(dim=0).max() < 0.01  # the same router on the raw summary: a constant
+
+
+def test_router_statistics_learn_in_training_only_and_travel_with_the_trainable_state() -> None:
+    torch.manual_seed(0)
+    model = HeadCTModel(create_backbone("tiny_dinov2"), adapter="molre")
+    volume = torch.randint(-1000, 1000, (2, 3, 32, 32)).float()
+    model.train()
+    model(volume)
+    state = model.trainable_state_dict()
+    norms = [k for k in state if ".router.norm.running_mean" in k]
+    assert norms and all(state[k].abs().sum() > 0 for k in norms)
+    model.eval()
+    before = {k: state[k].clone() for k in norms}
+    model(volume + 100)
+    assert all(torch.equal(model.trainable_state_dict()[k], before[k]) for k in norms)
+    torch.manual_seed(0)  # the same initialisation: only the learnt statistics differ
+    other = HeadCTModel(create_backbone("tiny_dinov2"), adapter="molre").eval()
+    assert not torch.allclose(other(volume).router_weights, model(volume).router_weights)
+    other.load_trainable_state_dict(model.trainable_state_dict())
+    assert torch.allclose(other(volume).router_weights, model(volume).router_weights, atol=1e-6)

@@ -91,6 +91,9 @@ def train(
     rank: Annotated[int | None, typer.Option(help="LoRA rank r per expert (default 2).")] = None,
     alpha: Annotated[float | None, typer.Option(help="LoRA alpha; scale alpha/r.")] = None,
     load_balancing: Annotated[float, typer.Option(help="Router load-balancing weight.")] = 0.0,
+    router_lr_scale: Annotated[
+        float, typer.Option(min=0.0, help="Routers learn at lr times this.")
+    ] = 1.0,
     depth: Annotated[int, typer.Option(help="Grid slices.")] = 32,
     size: Annotated[int, typer.Option(help="Grid rows = columns.")] = 256,
     epochs: Annotated[int, typer.Option(min=1)] = 10,
@@ -135,6 +138,7 @@ def train(
             batch_size=batch_size,
             grad_accumulation=grad_accumulation,
             lr=lr,
+            router_lr_scale=router_lr_scale,
             loss=loss,
             validation_fraction=validation_fraction,
             patience=patience,

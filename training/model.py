@@ -201,11 +201,12 @@ class HeadCTModel(nn.Module):
         if self.adapter == "full":
             return state
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        # The feature norm's running statistics are buffers, not parameters, but training sets them.
+        # The feature norm's and the routers' running statistics are buffers, not parameters,
+        # but training sets them.
         return {
             name: tensor
             for name, tensor in state.items()
-            if name in trainable or name.startswith("feature_norm.")
+            if name in trainable or name.startswith("feature_norm.") or ".router.norm." in name
         }
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:

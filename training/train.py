@@ -55,6 +55,9 @@ class TrainConfig:
     grad_accumulation: int = 1
     lr: float = 1e-3
     backbone_lr: float = 1e-4  # for adapter "full": the pretrained part moves slowly
+    # The routers' learning rate is lr times this: their gradient reaches them only through the
+    # gates' small effect on the experts' output, so at the experts' rate they hardly move.
+    router_lr_scale: float = 1.0
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     loss: str = "focal"
@@ -242,10 +245,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
     backbone_params = [
         p for n, p in trainable if n.startswith("backbone.") and config.adapter == "full"
     ]
+    router_params = [p for n, p in trainable if ".router." in n]
     other_params = [
-        p for n, p in trainable if not (n.startswith("backbone.") and config.adapter == "full")
+        p
+        for n, p in trainable
+        if not (n.startswith("backbone.") and config.adapter == "full") and ".router." not in n
     ]
     groups = [{"params": other_params, "lr": config.lr}]
+    if router_params:
+        groups.append({"params": router_params, "lr": config.lr * config.router_lr_scale})
     if backbone_params:
         groups.append({"params": backbone_params, "lr": config.backbone_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)

@@ -25,16 +25,58 @@ from torch import nn
 from training.molre.config import MoLREConfig
 
 
+class RouterInputNorm(nn.Module):
+    """Standardise each feature of the router's input by running statistics of that input.
+
+    The summary a router reads (the mean of a slice's tokens after a layer norm, or the mean
+    patch) is nearly the same vector for every slice: its offsets dwarf the differences between
+    slices. A linear router on it gives the same gates whatever the input (measured on demo v1:
+    a standard deviation of 0.001 per expert across studies). Standardised, the differences
+    between inputs are what the router sees. The statistics are running means updated in
+    training (no gradient through them) and used as they are in training and inference alike,
+    so a gate does not depend on what else is in the batch. Not a ``_BatchNorm``: the model
+    keeps a frozen backbone's batch norms in eval mode, and these statistics must still learn.
+    """
+
+    def __init__(self, features: int, momentum: float = 0.05, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("running_mean", torch.zeros(features))
+        self.register_buffer("running_var", torch.ones(features))
+        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
+
+    def forward(self, summary: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                flat = summary.detach().reshape(-1, summary.shape[-1]).float()
+                mean, var = flat.mean(0), flat.var(0, unbiased=False)
+                # The first batch sets the statistics; later ones move them by ``momentum``.
+                rate = 1.0 if int(self.batches) == 0 else self.momentum
+                self.running_mean.lerp_(mean, rate)
+                self.running_var.lerp_(var, rate)
+                self.batches += 1
+        return (summary - self.running_mean) * torch.rsqrt(self.running_var + self.eps)
+
+
 class ExpertRouter(nn.Module):
-    """Soft router: one linear map from a summary of the layer's input to K expert gates."""
+    """Soft router: K expert gates from a standardised summary of the layer's input,
+
+        g = softmax(W standardise(summary) / temperature)
+
+    ``W`` is drawn with standard deviation 1/sqrt(features), so that at initialisation the gate
+    logits of different inputs already differ by about one (the router starts input-dependent
+    and training shapes it, instead of having to grow it out of a constant)."""
 
     def __init__(self, in_features: int, experts: int, temperature: float) -> None:
         super().__init__()
+        self.norm = RouterInputNorm(in_features)
         self.proj = nn.Linear(in_features, experts)
+        nn.init.normal_(self.proj.weight, std=in_features**-0.5)
+        nn.init.zeros_(self.proj.bias)
         self.temperature = temperature
 
     def forward(self, summary: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.proj(summary) / self.temperature, dim=-1)
+        return torch.softmax(self.proj(self.norm(summary)) / self.temperature, dim=-1)
 
 
 class _LowRankExperts(nn.Module):
