@@ -84,6 +84,23 @@ class CardProvenance(_Strict):
     metrics: dict[str, float | None] = Field(default_factory=dict)
 
 
+class CardOperatingPoint(_Strict):
+    """One triage priority level's operating point: the per-finding false-positive rate its
+    findings are read at, and the study-level sensitivity and specificity that gave, with Wilson
+    95% intervals, on the validation set it was chosen on (drawn at clinical prevalence)."""
+
+    level: Literal["critical", "urgent"]
+    target_sensitivity: float = Field(ge=0.0, le=1.0)
+    false_positive_rate: float = Field(ge=0.0, le=1.0)
+    sensitivity: float | None
+    sensitivity_ci95: tuple[float, float] | None
+    specificity: float | None
+    specificity_ci95: tuple[float, float] | None
+    positives: int = Field(ge=0)
+    negatives: int = Field(ge=0)
+    validation: str = Field(description="The set the point was chosen and measured on.")
+
+
 class ModelCard(_Strict):
     name: str
     version: int = Field(ge=1)
@@ -99,6 +116,11 @@ class ModelCard(_Strict):
         "compares live routing against."
     )
     provenance: CardProvenance
+    operating_points: list[CardOperatingPoint] | None = Field(
+        default=None,
+        description="Study-level operating points of the priority levels (critical, urgent) "
+        "that the per-finding thresholds were chosen for; None for thresholds chosen per finding.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelCard:

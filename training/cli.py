@@ -31,6 +31,11 @@ class Compression(StrEnum):
     JPEG2000 = "jpeg2000"
 
 
+class ThresholdPolicy(StrEnum):
+    PRIORITY = "priority"
+    PER_FINDING = "per-finding"
+
+
 class PixelRepresentation(StrEnum):
     UNSIGNED = "unsigned"
     SIGNED = "signed"
@@ -206,6 +211,14 @@ def export(
         str,
         typer.Option(help="EXECUTION_ENV_PATH of the python-backend model (the Triton venv)."),
     ] = "$$TRITON_MODEL_DIRECTORY/../../.venv-triton",
+    thresholds: Annotated[
+        ThresholdPolicy,
+        typer.Option(
+            help="priority: thresholds chosen for the study-level priority (critical >= 0.95 "
+            "sensitivity, urgent >= 0.90) on the validation data, which should be drawn at "
+            "clinical prevalence; per-finding: each critical finding at 0.95 sensitivity."
+        ),
+    ] = ThresholdPolicy.PRIORITY,
 ) -> None:
     """Export a trained run to ONNX, check it against PyTorch, and publish it as a new version in
     a Triton model repository, with its model card and both config.pbtxt files."""
@@ -228,6 +241,7 @@ def export(
             training_data=training_data,
             synthetic=synthetic,
             execution_env=triton_env,
+            threshold_policy=thresholds.value,
         )
     except ExportError as exc:
         typer.echo(f"export failed: {exc}", err=True)

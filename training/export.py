@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from service.model_card import (
     CardBackbone,
     CardFinding,
     CardGrid,
+    CardOperatingPoint,
     CardProvenance,
     CardWindow,
     ModelCard,
@@ -47,6 +49,7 @@ from service.preprocess import AIR_HU, ModelGrid
 from training.data import build_cache, read_labels, split_by_patient
 from training.evaluate import Predictions, macro_auc
 from training.model import HeadCTModel
+from training.operating_points import PriorityPoint, priority_operating_points
 from training.params import count_parameters
 from training.repository import (
     DEFAULT_EXECUTION_ENV,
@@ -258,6 +261,7 @@ def build_card(
     metrics: dict[str, float | None],
     training_data: str | None = None,
     synthetic: bool = True,
+    operating_points: list[CardOperatingPoint] | None = None,
 ) -> ModelCard:
     """The model card of a trained run (see ARCHITECTURE.md, "Model card")."""
     d, h, w = config["grid"]
@@ -313,6 +317,29 @@ def build_card(
             exported=datetime.now(UTC).date().isoformat(),
             metrics=metrics,
         ),
+        operating_points=operating_points,
+    )
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _card_point(point: PriorityPoint, validation: str) -> CardOperatingPoint:
+    def interval(ci: tuple[float, float]) -> tuple[float, float] | None:
+        return ci if all(math.isfinite(x) for x in ci) else None
+
+    return CardOperatingPoint(
+        level=point.level,  # type: ignore[arg-type]
+        target_sensitivity=point.target_sensitivity,
+        false_positive_rate=point.false_positive_rate,
+        sensitivity=_finite(point.sensitivity),
+        sensitivity_ci95=interval(point.sensitivity_ci95),
+        specificity=_finite(point.specificity),
+        specificity_ci95=interval(point.specificity_ci95),
+        positives=point.positives,
+        negatives=point.negatives,
+        validation=validation,
     )
 
 
@@ -339,6 +366,7 @@ def export_run(
     int8: bool = False,
     training_data: str | None = None,
     synthetic: bool = True,
+    threshold_policy: str = "priority",
     execution_env: str = DEFAULT_EXECUTION_ENV,
     tolerance: float = TOLERANCE,
     batch_size: int = 4,
@@ -410,7 +438,17 @@ def export_run(
         if summary.is_file():
             best = json.loads(summary.read_text()).get("best_validation_macro_auc")
             metrics["training_best_validation_macro_auc"] = best
-        thresholds = choose_thresholds(labels, probabilities)
+        operating_points = None
+        if threshold_policy == "priority" and len(labels):
+            thresholds, points = priority_operating_points(labels, probabilities)
+            where = (
+                f"{len(labels)} studies of {validation_data}"
+                if validation is not None
+                else f"the run's validation split ({len(labels)} studies)"
+            )
+            operating_points = [_card_point(point, where) for point in points]
+        else:
+            thresholds = choose_thresholds(labels, probabilities)
         metrics["threshold_fallbacks"] = float(sum(c.method == "fallback" for c in thresholds))
         card = build_card(
             model,
@@ -422,6 +460,7 @@ def export_run(
             metrics=metrics,
             training_data=training_data,
             synthetic=synthetic,
+            operating_points=operating_points,
         )
         published = publish(repository, card, staged, execution_env=execution_env)
     return ExportResult(published, card, thresholds)

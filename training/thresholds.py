@@ -24,7 +24,7 @@ from service.findings import FINDINGS
 CRITICAL_SENSITIVITY = 0.95
 FALLBACK_THRESHOLD = 0.5
 
-Method = Literal["sensitivity", "youden", "fallback"]
+Method = Literal["sensitivity", "youden", "fallback", "priority", "false_positive_rate"]
 
 
 @dataclass(frozen=True)

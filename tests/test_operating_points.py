@@ -1,0 +1,93 @@
+"""Study-level operating points: thresholds chosen for the triage priority, not per finding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.findings import FINDINGS, TriageClass
+from training.operating_points import (
+    priority_operating_points,
+    study_levels,
+    true_levels,
+    wilson_interval,
+)
+from training.synth.cooccurrence import sample_labels
+from training.thresholds import choose_thresholds
+
+
+def _scores(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A model of uneven quality and calibration: per finding its own separation and offset,
+    so a fixed probability means something different for every finding."""
+    separation = rng.uniform(1.0, 4.0, labels.shape[1])
+    offset = rng.uniform(-4.0, 1.0, labels.shape[1])
+    logits = offset + separation * labels + rng.normal(size=labels.shape)
+    return 1 / (1 + np.exp(-logits))
+
+
+@pytest.fixture(scope="module")
+def clinical() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    labels = np.stack([sample_labels(rng, 1.0) for _ in range(1500)]).astype(float)
+    return labels, _scores(labels, rng)
+
+
+def _specificity(labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray) -> float:
+    truth = true_levels(labels) == 2
+    called = study_levels(probabilities, thresholds) == 2
+    return float((~called[~truth]).mean())
+
+
+def test_priority_points_meet_the_sensitivity_and_beat_per_finding_thresholds(clinical) -> None:
+    labels, probabilities = clinical
+    choices, points = priority_operating_points(labels, probabilities)
+    critical, urgent = points
+    assert critical.level == "critical" and urgent.level == "urgent"
+    assert critical.sensitivity >= 0.95 and urgent.sensitivity >= 0.90
+    assert critical.positives + critical.negatives == len(labels)
+    assert critical.sensitivity_ci95[0] <= critical.sensitivity <= critical.sensitivity_ci95[1]
+    thresholds = np.array([c.threshold for c in choices])
+    assert _specificity(labels, probabilities, thresholds) == pytest.approx(critical.specificity)
+    # Each critical finding at 95% sensitivity: the study-level specificity collapses.
+    per_finding = np.array([c.threshold for c in choose_thresholds(labels, probabilities)])
+    assert _specificity(labels, probabilities, per_finding) < critical.specificity - 0.2
+
+
+def test_the_chosen_point_is_the_most_specific_that_reaches_the_target(clinical) -> None:
+    labels, probabilities = clinical
+    choices, (critical, _) = priority_operating_points(labels, probabilities)
+    # Asking for a little less sensitivity can only keep or raise the specificity.
+    _, (relaxed, _) = priority_operating_points(
+        labels, probabilities, sensitivity={"critical": critical.sensitivity - 0.05}
+    )
+    assert relaxed.specificity >= critical.specificity
+    assert relaxed.false_positive_rate <= critical.false_positive_rate
+    # Raising every critical threshold a little loses the target (no slack was left).
+    thresholds = np.array([c.threshold for c in choices])
+    is_critical = np.array([f.triage is TriageClass.CRITICAL for f in FINDINGS])
+    raised = np.where(is_critical, np.minimum(1.0, thresholds * 1.05 + 1e-3), thresholds)
+    truth = true_levels(labels) == 2
+    assert (study_levels(probabilities, raised)[truth] == 2).mean() < 0.95
+
+
+def test_routine_findings_are_read_at_a_two_percent_false_positive_rate(clinical) -> None:
+    labels, probabilities = clinical
+    choices, _ = priority_operating_points(labels, probabilities)
+    for j, finding in enumerate(FINDINGS):
+        if finding.triage is TriageClass.NONE:
+            negatives = probabilities[labels[:, j] == 0, j]
+            assert choices[j].method == "false_positive_rate"
+            assert (negatives >= choices[j].threshold).mean() <= 0.02 + 1e-9
+
+
+def test_wilson_interval() -> None:
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    low, high = wilson_interval(95, 100)
+    assert low < 0.95 < high and high - low < 0.12
+    assert all(np.isnan(wilson_interval(0, 0)))
+
+
+def test_shapes_are_checked() -> None:
+    with pytest.raises(ValueError, match="studies"):
+        priority_operating_points(np.zeros((3, 4)), np.zeros((3, 4)))

@@ -1,0 +1,208 @@
+"""Study-level operating points: thresholds chosen for the triage priority users act on.
+
+Reading each of 35 critical findings at 95% sensitivity multiplies their false positives: a
+study is critical when any one of them fires, so the study-level specificity collapses (demo v1
+called every study critical). Here the thresholds are chosen for the **priority** instead, on a
+validation set drawn at clinical prevalence:
+
+1. Each finding's score is read through its own false-positive rate on the validation studies
+   negative for it: at a common rate ``q`` finding ``f`` fires when ``p_f`` exceeds the
+   ``1 - q`` quantile of its negatives. One number ``q`` then moves all critical findings
+   together, each at the same specificity, so that no finding with a poorly calibrated scale
+   floods the study-level result.
+2. **Critical**: the smallest ``q`` (the highest study specificity) at which at least 95% of the
+   validation studies with a critical finding are called critical.
+3. **Urgent**: with the critical thresholds fixed, the smallest ``q`` for the urgent findings at
+   which 90% of the studies with an urgent or critical finding are called urgent or critical.
+4. Findings that do not change the priority are read at a 2% false-positive rate each, so that
+   the list of positive findings stays short (about one false positive per study across them).
+
+The per-finding thresholds this gives are what the card carries and the gateway applies; the
+rule from positives to priority (``service.findings.triage_priority``) is unchanged. The card also
+records each priority level's operating point: its sensitivity and specificity on the validation
+set with Wilson 95% intervals.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from service.findings import FINDINGS, TriageClass
+from training.thresholds import Method, ThresholdChoice
+
+PRIORITY_SENSITIVITY = {"critical": 0.95, "urgent": 0.90}
+ROUTINE_FALSE_POSITIVE_RATE = 0.02
+# Candidate per-finding false-positive rates, from one in ten thousand to all.
+_RATES = np.unique(np.concatenate([np.geomspace(1e-4, 1.0, 400), [1.0]]))
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion (sensible at 0 and at 1, unlike Wald's)."""
+    if trials == 0:
+        return (float("nan"), float("nan"))
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return (low, high)
+
+
+@dataclass(frozen=True)
+class PriorityPoint:
+    """One priority level's operating point, measured on the set it was chosen on (or another)."""
+
+    level: str  # "critical" or "urgent" (urgent: urgent or critical, against routine)
+    target_sensitivity: float
+    false_positive_rate: float  # the per-finding rate q the level's findings are read at
+    sensitivity: float
+    sensitivity_ci95: tuple[float, float]
+    specificity: float
+    specificity_ci95: tuple[float, float]
+    positives: int  # studies with a finding of the level (or higher)
+    negatives: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _negative_quantiles(scores: np.ndarray, labels: np.ndarray, rate: float) -> float:
+    """The threshold at which a fraction ``rate`` of the negatives (label 0) score at or above."""
+    negatives = np.sort(scores[labels == 0])
+    if len(negatives) == 0:
+        return 0.5
+    if rate >= 1.0:
+        return 0.0
+    # The k highest negatives fire (k = floor(rate * n)); the threshold sits just above the next.
+    k = math.floor(rate * len(negatives) + 1e-9)
+    below = negatives[len(negatives) - k - 1]
+    return float(np.nextafter(below, np.inf)) if k < len(negatives) else 0.0
+
+
+def _thresholds_at(
+    labels: np.ndarray, probabilities: np.ndarray, columns: list[int], rate: float
+) -> dict[int, float]:
+    out = {}
+    for j in columns:
+        known = ~np.isnan(labels[:, j])
+        out[j] = min(1.0, _negative_quantiles(probabilities[known, j], labels[known, j], rate))
+    return out
+
+
+def study_levels(probabilities: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Predicted priority per study: 2 critical, 1 urgent, 0 routine (the gateway's rule)."""
+    positive = probabilities >= thresholds[None, :]
+    critical = np.array([f.triage is TriageClass.CRITICAL for f in FINDINGS])
+    urgent = np.array([f.triage is TriageClass.URGENT for f in FINDINGS])
+    return np.where(
+        positive[:, critical].any(axis=1), 2, np.where(positive[:, urgent].any(axis=1), 1, 0)
+    )
+
+
+def true_levels(labels: np.ndarray) -> np.ndarray:
+    """True priority per study from its labels (unknown counts as negative)."""
+    return study_levels(np.nan_to_num(labels, nan=0.0), np.full(len(FINDINGS), 0.5))
+
+
+def measure(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    thresholds: np.ndarray,
+    rates: dict[str, float] | None = None,
+) -> list[PriorityPoint]:
+    """Sensitivity and specificity of each priority level for these thresholds."""
+    truth, predicted = true_levels(labels), study_levels(probabilities, thresholds)
+    points = []
+    for level, floor in (("critical", 2), ("urgent", 1)):
+        positive, called = truth >= floor, predicted >= floor
+        tp, pos = int((called & positive).sum()), int(positive.sum())
+        tn, neg = int((~called & ~positive).sum()), int((~positive).sum())
+        points.append(
+            PriorityPoint(
+                level=level,
+                target_sensitivity=PRIORITY_SENSITIVITY[level],
+                false_positive_rate=(rates or {}).get(level, float("nan")),
+                sensitivity=tp / pos if pos else float("nan"),
+                sensitivity_ci95=wilson_interval(tp, pos),
+                specificity=tn / neg if neg else float("nan"),
+                specificity_ci95=wilson_interval(tn, neg),
+                positives=pos,
+                negatives=neg,
+            )
+        )
+    return points
+
+
+def priority_operating_points(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    *,
+    sensitivity: dict[str, float] | None = None,
+    routine_rate: float = ROUTINE_FALSE_POSITIVE_RATE,
+) -> tuple[list[ThresholdChoice], list[PriorityPoint]]:
+    """Per-finding thresholds chosen for the study-level priority (see the module docstring),
+    and the operating point of each priority level on this validation set."""
+    labels = np.asarray(labels, dtype=np.float64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if labels.shape != probabilities.shape or labels.shape[1:] != (len(FINDINGS),):
+        raise ValueError(
+            f"labels {labels.shape} and probabilities {probabilities.shape} must both be "
+            f"[studies, {len(FINDINGS)}]"
+        )
+    targets = PRIORITY_SENSITIVITY | (sensitivity or {})
+    by_class = {
+        kind: [j for j, f in enumerate(FINDINGS) if f.triage is kind] for kind in TriageClass
+    }
+    thresholds = np.ones(len(FINDINGS))
+    truth = true_levels(labels)
+    rates: dict[str, float] = {}
+    for level, kind, floor in (
+        ("critical", TriageClass.CRITICAL, 2),
+        ("urgent", TriageClass.URGENT, 1),
+    ):
+        positive = truth >= floor
+        chosen = 1.0
+        if positive.any():
+            for rate in _RATES:  # ascending: the first that reaches the target is the best
+                trial = thresholds.copy()
+                for j, t in _thresholds_at(labels, probabilities, by_class[kind], rate).items():
+                    trial[j] = t
+                called = study_levels(probabilities, trial) >= floor
+                if called[positive].mean() >= targets[level] - 1e-12:
+                    chosen = float(rate)
+                    break
+        for j, t in _thresholds_at(labels, probabilities, by_class[kind], chosen).items():
+            thresholds[j] = t
+        rates[level] = chosen
+    routine = by_class[TriageClass.NONE]
+    for j, t in _thresholds_at(labels, probabilities, routine, routine_rate).items():
+        thresholds[j] = t
+
+    method: dict[TriageClass, Method] = {
+        TriageClass.CRITICAL: "priority",
+        TriageClass.URGENT: "priority",
+        TriageClass.NONE: "false_positive_rate",
+    }
+    choices = []
+    for j, finding in enumerate(FINDINGS):
+        known = ~np.isnan(labels[:, j])
+        y, p = labels[known, j], probabilities[known, j]
+        positives, negatives = int((y == 1).sum()), int((y == 0).sum())
+        called = p >= thresholds[j]
+        choices.append(
+            ThresholdChoice(
+                finding.code,
+                float(thresholds[j]),
+                method[finding.triage],
+                positives,
+                negatives,
+                float(called[y == 1].mean()) if positives else None,
+                float((~called[y == 0]).mean()) if negatives else None,
+            )
+        )
+    return choices, measure(labels, probabilities, thresholds, rates)
