@@ -93,3 +93,48 @@ def test_every_backbone_resolves_its_target_roles(name: str) -> None:
         assert wrapped == ["projection"]
     assert backbone.input_size > 0 and backbone.feature_dim > 0
     assert len(backbone.mean) == len(backbone.std) == 3
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An offline Hugging Face cache laid out as the hub client writes it:
+    models--OWNER--NAME/{refs/main, snapshots/<commit>/...}."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def _cache_model(cache: Path, repo_id: str, name: str) -> Path:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    create_backbone(name).save_pretrained(snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_hub_model_id_loads_from_the_cache_with_the_same_checks(hub_cache: Path) -> None:
+    from training.train import weights_sha256
+
+    torch.manual_seed(0)
+    snapshot = _cache_model(hub_cache, "acme/tiny-dino", "tiny_dinov2")
+    from_hub = create_backbone("tiny_dinov2", weights="acme/tiny-dino").eval()
+    from_folder = create_backbone("tiny_dinov2", weights=snapshot).eval()
+    assert from_hub.pretrained
+    pixels = _input("tiny_dinov2")
+    with torch.no_grad():
+        assert torch.equal(from_hub(pixels), from_folder(pixels))
+    assert weights_sha256("acme/tiny-dino") == weights_sha256(str(snapshot))
+    # The architecture check applies to a hub checkpoint as to a folder.
+    _cache_model(hub_cache, "acme/tiny-siglip", "tiny_siglip")
+    with pytest.raises(BackboneWeightsError, match="dinov2"):
+        create_backbone("tiny_dinov2", weights="acme/tiny-siglip")
+
+
+def test_hub_model_id_missing_from_an_offline_cache_is_a_clear_error(hub_cache: Path) -> None:
+    with pytest.raises(BackboneWeightsError, match="acme/not-cached.*HF_HUB_CACHE"):
+        create_backbone("tiny_dinov2", weights="acme/not-cached")

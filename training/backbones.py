@@ -2,9 +2,11 @@
 
 2D backbones (DINOv2, DINOv3, SigLIP: MedGemma's image encoder is a SigLIP so400m) are HF
 ``transformers`` modules built from their architecture and run on each CT slice; the 3D one is
-MONAI's ResNet-18 run on the whole volume. Nothing is downloaded: weights come from a local folder
-in the format ``save_pretrained`` writes (``config.json`` + ``model.safetensors``); without one the
-backbone is randomly initialised and says so (``pretrained`` is False, and a warning is logged).
+MONAI's ResNet-18 run on the whole volume. Weights come from a local folder in the format
+``save_pretrained`` writes (``config.json`` + ``model.safetensors``) or from a hub model id
+(``facebook/dinov2-base``) through the Hugging Face cache (see ``resolve_weights``); without them
+the backbone is randomly initialised and says so (``pretrained`` is False, and a warning is
+logged).
 
 Each family also names, per MoLRE target role (``q``, ``patch_embedding``...), the regular
 expression of its modules, so one ``MoLREConfig`` resolves on every family. The ``tiny_*`` entries
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -243,8 +246,41 @@ def backbone_names() -> list[str]:
     return list(REGISTRY)
 
 
-def create_backbone(name: str, *, weights: Path | None = None) -> SliceBackbone:
-    """The registered backbone ``name``, with weights from the folder ``weights`` or, without it,
+# A hub model id: "owner/name" (letters, digits, "-", "_", "."), never an existing path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_weights(weights: str | Path) -> Path:
+    """The local folder of ``weights``: itself when it is a path that exists (or does not look
+    like a hub id), else the snapshot of the hub model id ``owner/name`` in the Hugging Face cache
+    (``HF_HUB_CACHE``), fetched through ``huggingface_hub`` when the hub can be reached and read
+    from the cache alone when it cannot (or with ``HF_HUB_OFFLINE=1``). Only the config and the
+    safetensors weights are fetched. The snapshot then goes through the same architecture check
+    as a local folder."""
+    path = Path(weights)
+    text = str(weights)
+    if path.exists() or not _HUB_ID.match(text):
+        return path
+    from huggingface_hub import snapshot_download
+
+    patterns = ["config.json", "*.safetensors", "*.safetensors.index.json"]
+    try:
+        return Path(snapshot_download(text, allow_patterns=patterns))
+    except Exception as online_error:  # no network, no such repo, gated...: try the cache alone
+        try:
+            return Path(snapshot_download(text, allow_patterns=patterns, local_files_only=True))
+        except Exception as error:
+            raise BackboneWeightsError(
+                f"weights {text!r} is not a local folder, and the hub model {text!r} is neither "
+                f"reachable ({type(online_error).__name__}) nor in the Hugging Face cache "
+                f"({type(error).__name__}): download it where the hub is reachable (the cache "
+                "is HF_HUB_CACHE), or give the folder that save_pretrained wrote"
+            ) from error
+
+
+def create_backbone(name: str, *, weights: Path | str | None = None) -> SliceBackbone:
+    """The registered backbone ``name``, with weights from the folder (or hub model id, see
+    ``resolve_weights``) ``weights`` or, without it,
     randomly initialised. Raises ``BackboneWeightsError`` for a missing folder or a checkpoint
     of another architecture, ``KeyError`` for an unknown name."""
     if name not in REGISTRY:
@@ -253,7 +289,7 @@ def create_backbone(name: str, *, weights: Path | None = None) -> SliceBackbone:
     if weights is None:
         log.warning("backbone %s is randomly initialised (no weights folder given)", name)
     else:
-        weights = Path(weights)
+        weights = resolve_weights(weights)
         if not (weights / "config.json").is_file():
             raise BackboneWeightsError(
                 f"backbone weights folder {weights} does not exist or has no config.json; give the "

@@ -89,7 +89,11 @@ def train(
     out: Annotated[Path, typer.Option(help="Run folder (config, checkpoints, metrics log).")],
     backbone: Annotated[str, typer.Option(help="Registered backbone name.")] = "tiny_dinov2",
     weights: Annotated[
-        Path | None, typer.Option(help="Local backbone checkpoint folder (save_pretrained).")
+        Path | None,
+        typer.Option(
+            help="Backbone checkpoint: a local save_pretrained folder, or a hub model id "
+            "(owner/name) fetched into or read from the Hugging Face cache."
+        ),
     ] = None,
     adapter: Annotated[str, typer.Option(help="probe, lora, molre or full.")] = "molre",
     experts: Annotated[int | None, typer.Option(help="MoLRE experts K (default 4).")] = None,

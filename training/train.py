@@ -86,7 +86,9 @@ def weights_sha256(weights: str | None) -> str | None:
     """Hash of a backbone checkpoint folder (every file, in name order), or None for random init."""
     if weights is None:
         return None
-    root = Path(weights)
+    from training.backbones import resolve_weights
+
+    root = resolve_weights(weights)
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(root)).encode())
