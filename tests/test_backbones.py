@@ -136,5 +136,5 @@ def test_hub_model_id_loads_from_the_cache_with_the_same_checks(hub_cache: Path)
 
 
 def test_hub_model_id_missing_from_an_offline_cache_is_a_clear_error(hub_cache: Path) -> None:
-    with pytest.raises(BackboneWeightsError, match="acme/not-cached.*HF_HUB_CACHE"):
+    with pytest.raises(BackboneWeightsError, match=r"acme/not-cached.*HF_HUB_CACHE"):
         create_backbone("tiny_dinov2", weights="acme/not-cached")
