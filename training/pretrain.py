@@ -99,6 +99,9 @@ class PretrainConfig:
     workers: int = field(default=1, metadata={"help": "Generator processes (0: in-process)."})
     threads: int = field(default=0, metadata={"help": "Torch threads (0: torch's default)."})
     seed: int = field(default=0, metadata={"help": "Seed of the study streams and the model."})
+    per_finding: bool = field(
+        default=False, metadata={"help": "Log each finding's validation AUC too."}
+    )
 
     def __post_init__(self) -> None:
         self.findings = tuple(self.findings)
@@ -146,6 +149,45 @@ def make_study(config: PretrainConfig, stream: int, index: int) -> SliceStudy:
         for s in study.lesion_slices.get(code, ()):
             targets[int(s), column] = 1
     return SliceStudy(hu, targets, study.labels)
+
+
+CEILING_CNN = "ceiling_cnn"
+
+
+class SliceCNN(nn.Module):
+    """A plain 2D CNN (9 conv + batch-norm + ReLU layers, widths 24 to 160, a stride-2 stem,
+    global mean and max pooling): the reference model of the ceiling measurement, deliberately
+    not the product's architecture. Features: [N, 320]."""
+
+    name = CEILING_CNN
+    kind = "2d"
+    input_size = 128
+    mean = (0.5, 0.5, 0.5)
+    std = (0.5, 0.5, 0.5)
+    feature_dim = 320
+
+    def __init__(self) -> None:
+        super().__init__()
+        plan = [(24, 2), (32, 1), (48, 2), (64, 1), (96, 2), (96, 1), (128, 2), (160, 1), (160, 1)]
+        layers: list[nn.Module] = []
+        channels = 3
+        for width, stride in plan:
+            layers += [
+                nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            channels = width
+        self.encoder = nn.Sequential(*layers)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        maps = self.encoder(pixels)
+        return torch.cat([maps.mean(dim=(2, 3)), maps.amax(dim=(2, 3))], dim=1)
+
+
+def make_backbone(name: str) -> Any:
+    """A registered backbone, randomly initialised, or the ceiling's reference CNN."""
+    return SliceCNN() if name == CEILING_CNN else create_backbone(name)
 
 
 class SlicePretrainer(nn.Module):
@@ -237,9 +279,12 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
-def validate(model: SlicePretrainer, data: dict[str, np.ndarray]) -> dict[str, Any]:
+def validate(
+    model: SlicePretrainer, data: dict[str, np.ndarray], codes: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Slice-level macro AUC, study-level macro AUC (max over slices) on the pretraining
-    findings, and the slice-position accuracy."""
+    findings, and the slice-position accuracy; with ``codes``, also each finding's study AUC
+    and its count of positive studies."""
     model.eval()
     hu = torch.from_numpy(data["hu"])
     studies, depth = hu.shape[:2]
@@ -264,12 +309,19 @@ def validate(model: SlicePretrainer, data: dict[str, np.ndarray]) -> dict[str, A
     predicted = torch.cat(positions).numpy()
     slice_defined = [a for a in slice_aucs if a is not None]
     study_defined = [a for a in study_aucs if a is not None]
-    return {
+    result: dict[str, Any] = {
         "slice_macro_auc": float(np.mean(slice_defined)) if slice_defined else None,
         "study_macro_auc": float(np.mean(study_defined)) if study_defined else None,
         "findings_scored": len(study_defined),
         "position_accuracy": float((predicted == expected).mean()),
     }
+    if codes:
+        positives = targets.max(axis=1).sum(axis=0)
+        result["per_finding"] = {
+            code: {"study_auc": auc, "positive_studies": int(n)}
+            for code, auc, n in zip(codes, study_aucs, positives, strict=True)
+        }
+    return result
 
 
 def _position_bins(depth: int) -> np.ndarray:
@@ -298,7 +350,15 @@ def pretrain(config: PretrainConfig, *, max_seconds: float | None = None) -> dic
     if config_path.is_file():
         recorded = PretrainConfig.from_dict(json.loads(config_path.read_text()))
         # Only what does not change the model or the data may differ on resume.
-        free = {"out", "steps", "validate_every", "checkpoint_every_s", "workers", "threads"}
+        free = {
+            "out",
+            "steps",
+            "validate_every",
+            "checkpoint_every_s",
+            "workers",
+            "threads",
+            "per_finding",
+        }
         differs = [
             f.name
             for f in fields(PretrainConfig)
@@ -311,7 +371,7 @@ def pretrain(config: PretrainConfig, *, max_seconds: float | None = None) -> dic
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
-    model = SlicePretrainer(create_backbone(config.backbone), len(config.findings))
+    model = SlicePretrainer(make_backbone(config.backbone), len(config.findings))
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -387,7 +447,7 @@ def pretrain(config: PretrainConfig, *, max_seconds: float | None = None) -> dic
             done = step >= config.steps
             out_of_time = max_seconds is not None and time.monotonic() - started > max_seconds
             if step % config.validate_every == 0 or done or out_of_time:
-                result = validate(model, validation)
+                result = validate(model, validation, config.findings if config.per_finding else ())
                 elapsed = time.monotonic() - window_started
                 result |= {
                     "step": step,
@@ -415,7 +475,7 @@ def pretrain(config: PretrainConfig, *, max_seconds: float | None = None) -> dic
 def load_pretrainer(run: Path) -> tuple[SlicePretrainer, PretrainConfig]:
     """The model of a pretraining run's last checkpoint, and its config."""
     config = PretrainConfig.from_dict(json.loads((Path(run) / "config.json").read_text()))
-    model = SlicePretrainer(create_backbone(config.backbone), len(config.findings))
+    model = SlicePretrainer(make_backbone(config.backbone), len(config.findings))
     state = torch.load(Path(run) / "last.pt", weights_only=False)
     model.load_state_dict(state["model"])
     return model.eval(), config

@@ -1,0 +1,117 @@
+"""What the phantoms allow: a per-finding ceiling measured with a model that is not the product.
+
+A plain 2D CNN (``training.pretrain.SliceCNN``) is trained for a fixed budget with slice-level
+targets for **all 75 findings** (from the generator's annotations) on fresh phantoms streamed at
+the model card's grid, then scored per study (max over slices) on held-out phantoms. A finding
+the CNN cannot separate at this budget has a signature that is too weak at the grid (or absent),
+and no adapter on any backbone should be expected to learn it from study labels alone; a finding
+it separates well is learnable, and a product model far below it is the product's problem.
+
+    headct ceiling --out runs/ceiling --steps 1500        # writes ceiling.json and ceiling.md
+
+Everything is SYNTHETIC.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from service.findings import FINDING_CODES, FINDINGS
+from training.pretrain import CEILING_CNN, PretrainConfig, pretrain
+
+# Below this study AUC, with enough positives to tell, a finding's signature is called weak.
+WEAK_AUC = 0.75
+MIN_POSITIVES = 5
+
+
+def ceiling_config(out: Path, steps: int, **overrides: Any) -> PretrainConfig:
+    defaults: dict[str, Any] = {
+        "out": str(out),
+        "backbone": CEILING_CNN,
+        "findings": FINDING_CODES,
+        "steps": steps,
+        "warmup_steps": max(1, steps // 20),
+        "lr": 2e-3,
+        "weight_decay": 0.01,
+        "position_weight": 0.0,
+        "validation_studies": 300,
+        "validate_every": max(1, steps // 3),
+        "per_finding": True,
+        "seed": 100,  # streams no backbone pretraining or demo set uses
+    }
+    return PretrainConfig(**(defaults | overrides))
+
+
+def run_ceiling(config: PretrainConfig) -> dict[str, Any]:
+    """Train (or resume) the reference CNN, then write ``ceiling.json`` and ``ceiling.md``."""
+    result = pretrain(config)
+    out = Path(config.out)
+    per_finding = result["per_finding"]
+    weak = [
+        code
+        for code, row in per_finding.items()
+        if row["positive_studies"] >= MIN_POSITIVES
+        and row["study_auc"] is not None
+        and row["study_auc"] < WEAK_AUC
+    ]
+    summary = {
+        "synthetic": True,
+        "model": "2D CNN, 9 conv layers, slice-level targets on all 75 findings (not the product)",
+        "grid": list(config.grid),
+        "steps": result["step"],
+        "slices_seen": result["step"] * config.slices_per_step,
+        "studies_seen": result["studies_seen"],
+        "validation_studies": config.validation_studies,
+        "prevalence_scale": config.prevalence_scale,
+        "study_macro_auc": result["study_macro_auc"],
+        "weak_auc": WEAK_AUC,
+        "min_positives": MIN_POSITIVES,
+        "weak_findings": weak,
+        "per_finding": per_finding,
+        "config": asdict(config),
+    }
+    (out / "ceiling.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "ceiling.md").write_text(ceiling_markdown(summary))
+    return summary
+
+
+def ceiling_markdown(summary: dict[str, Any]) -> str:
+    rows = summary["per_finding"]
+    scored = [r["study_auc"] for r in rows.values() if r["study_auc"] is not None]
+    enough = [
+        r["study_auc"]
+        for r in rows.values()
+        if r["study_auc"] is not None and r["positive_studies"] >= summary["min_positives"]
+    ]
+    lines = [
+        "# What the phantoms allow: the per-finding ceiling at the model grid",
+        "",
+        "**Synthetic phantoms, not patient data.** A reference 2D CNN (not the product) trained "
+        f"for a fixed budget ({summary['steps']:,} steps, {summary['slices_seen']:,} slices from "
+        f"{summary['studies_seen']:,} fresh phantoms) with slice-level targets for all 75 "
+        f"findings at the {'x'.join(map(str, summary['grid']))} grid, scored per study (max "
+        f"over slices) on {summary['validation_studies']} held-out phantoms at "
+        f"{summary['prevalence_scale']:g}x clinical prevalence.",
+        "",
+        f"Macro AUC over {len(scored)} scorable findings: {sum(scored) / len(scored):.3f}; over "
+        f"the {len(enough)} with at least {summary['min_positives']} positive studies: "
+        f"{sum(enough) / max(len(enough), 1):.3f}.",
+        "",
+        f"Weak at the grid (AUC < {summary['weak_auc']} with at least "
+        f"{summary['min_positives']} positives): "
+        + (", ".join(f"`{c}`" for c in summary["weak_findings"]) or "none")
+        + ".",
+        "",
+        "| finding | category | positive studies | ceiling AUC |",
+        "|---|---|---|---|",
+    ]
+    for finding in FINDINGS:
+        row = rows[finding.code]
+        auc = "n/a" if row["study_auc"] is None else f"{row['study_auc']:.3f}"
+        lines.append(
+            f"| `{finding.code}` | {finding.category.value} | {row['positive_studies']} | {auc} |"
+        )
+    return "\n".join(lines) + "\n"
