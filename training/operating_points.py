@@ -166,7 +166,7 @@ def priority_operating_points(
         ("urgent", TriageClass.URGENT, 1),
     ):
         positive = truth >= floor
-        chosen = 1.0
+        chosen = float(_RATES[0])  # no positives to keep: the most specific point
         if positive.any():
             for rate in _RATES:  # ascending: the first that reaches the target is the best
                 trial = thresholds.copy()
