@@ -63,6 +63,15 @@ def test_training_lowers_the_loss(dataset: Path, tmp_path: Path) -> None:
     assert len(losses) == 6
     assert losses[-1] < 0.8 * losses[0], losses
 
+    # The trained router routes: its weights differ between studies and between the slices of
+    # one study (demo v1's router gave 0.001 standard deviation across studies).
+    model, _ = load_run(run)
+    volumes = [np.load(p) for p in sorted((dataset / ".cache").glob("*.npy"))[:6]]
+    with torch.no_grad():
+        output = model(torch.from_numpy(np.stack(volumes)).float())
+    assert output.router_weights.std(dim=0).max() > 0.02, output.router_weights
+    assert output.slice_router_weights.std(dim=1).mean() > 0.01
+
 
 def test_checkpoint_holds_only_what_training_changed(dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
