@@ -22,6 +22,7 @@ import time
 CASES = {
     # backbone: (slices per study, studies per step, grid size)
     "tiny_dinov2": (32, 2, 64),
+    "demo_vit": (32, 2, 128),  # the demo model's backbone
     "dinov2_base": (4, 1, 224),
 }
 ADAPTERS = ("probe", "lora", "molre")
