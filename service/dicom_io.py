@@ -94,15 +94,28 @@ def read_dataset(file: StudyFile) -> FileDataset:
             ds = pydicom.dcmread(io.BytesIO(file.data))
         except InvalidDicomError:
             ds = pydicom.dcmread(io.BytesIO(file.data), force=True)
-        if not _looks_like_dicom(ds):
+        if not (_looks_like_dicom(ds) or is_dicomdir(ds)):
             raise NotDicomError(f"{file.name} is not a DICOM file.")
     except NotDicomError:
         raise
-    except (EOFError, BufferError) as exc:
-        raise TruncatedDicomError(f"{file.name} ends before its last element ({exc}).") from None
+    except (EOFError, BufferError):
+        raise TruncatedDicomError(f"{file.name} ends before its last element.") from None
     except Exception as exc:  # pydicom raises many types for garbage; each means "not readable"
-        raise NotDicomError(f"{file.name} could not be parsed as DICOM ({exc}).") from None
+        # Not the exception's text: it can quote a header value (which may identify a patient).
+        raise NotDicomError(
+            f"{file.name} could not be parsed as DICOM ({type(exc).__name__})."
+        ) from None
     return ds
+
+
+def is_dicomdir(ds: FileDataset) -> bool:
+    """A Media Storage Directory (DICOMDIR): an index of a file set, not an image."""
+    meta = getattr(ds, "file_meta", None)
+    sop_class = str(getattr(meta, "MediaStorageSOPClassUID", "") or "")
+    try:
+        return sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds
+    except Exception:
+        return False
 
 
 def _looks_like_dicom(ds: FileDataset) -> bool:
@@ -120,8 +133,7 @@ def load_study(sources: Iterable[StudySource]) -> list[LoadedFile]:
     loaded: list[LoadedFile] = []
     for file in iter_study_files(sources):
         ds = read_dataset(file)
-        sop_class = str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or "")
-        if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        if is_dicomdir(ds):
             continue
         loaded.append(LoadedFile(file.name, ds))
     if not loaded:

@@ -8,12 +8,14 @@ configurable, and every series gets a report saying why it was or was not chosen
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.encaps import parse_fragments
 
 from service.dicom_io import LoadedFile
 from service.errors import (
@@ -27,6 +29,14 @@ from service.errors import (
 )
 
 ENHANCED_CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2.1"
+
+# The plausibility envelope of a head CT image: a series outside it is not eligible, so nothing
+# downstream sizes its work by an absurd matrix or spacing. Frames beyond MAX_FRAMES in one
+# object are refused before they are looped over.
+MIN_MATRIX, MAX_MATRIX = 16, 4096
+MIN_PIXEL_SPACING_MM, MAX_PIXEL_SPACING_MM = 0.05, 10.0
+MAX_SPACING_RATIO = 4.0
+MAX_FRAMES = 4096
 
 # Reconstruction kernels, by vendor naming: sharp (bone, lung) kernels make brain parenchyma noisy.
 _BONE_KERNEL_MARKERS = ("BONE", "SHARP", "LUNG", "DETAIL", "EDGE", "YC", "YD", "FC30", "FC81")
@@ -254,8 +264,42 @@ def _frame_slices(ds: Dataset, source: str, frames: int) -> list[SliceRef]:
     return out
 
 
+def _check_declared_frames(ds: Dataset, source: str, frames: int) -> None:
+    """Declared frames must fit the pixel data actually present, checked before anything is
+    allocated or looped over per frame (a 133 KB file declaring 2**31 frames must not run)."""
+    if frames < 1 or frames > MAX_FRAMES:
+        raise CorruptDicomError(
+            f"{source} declares {frames} frames (NumberOfFrames); 1 to {MAX_FRAMES} are read."
+        )
+    pixels = ds.get("PixelData")
+    if frames == 1 or not isinstance(pixels, bytes | bytearray):
+        return
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_encapsulated:
+        try:
+            fragments, _ = parse_fragments(pixels)
+        except (ValueError, TypeError, EOFError, struct.error):
+            message = f"{source}: the encapsulated pixel data is malformed."
+            raise CorruptDicomError(message) from None
+        if frames > fragments:
+            raise CorruptDicomError(
+                f"{source} declares {frames} frames but its pixel data holds {fragments} "
+                "fragments (each frame needs at least one)."
+            )
+        return
+    samples = int(_float(ds.get("SamplesPerPixel"), 1) or 1)
+    bits = int(_float(ds.get("BitsAllocated"), 16) or 16)
+    frame_bytes = int(ds.Rows) * int(ds.Columns) * samples * max(1, bits // 8)
+    if frames * frame_bytes > len(pixels):
+        raise CorruptDicomError(
+            f"{source} declares {frames} frames of {frame_bytes} bytes, but its pixel data holds "
+            f"{len(pixels)} bytes."
+        )
+
+
 def _instance_slices(ds: Dataset, source: str) -> list[SliceRef]:
     frames = int(_float(ds.get("NumberOfFrames"), 1) or 1)
+    _check_declared_frames(ds, source, frames)
     if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
         return _frame_slices(ds, source, frames)
     return [
@@ -323,8 +367,13 @@ def group_series(files: Sequence[LoadedFile]) -> list[Series]:
             series.slices.extend(_instance_slices(ds, file.name))
         except CorruptDicomError:
             raise
-        except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
-            raise CorruptDicomError(f"{file.name} has a malformed header ({exc}).") from None
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+            # The exception's text can quote a header value (a free-text tag may hold an
+            # identifier): name the file and the kind of failure only.
+            raise CorruptDicomError(
+                f"{file.name} has a malformed header (a value of the wrong type or form: "
+                f"{type(exc).__name__})."
+            ) from None
     return list(by_uid.values())
 
 
@@ -361,11 +410,39 @@ def _rejections(series: Series, rules: SelectionRules) -> list[tuple[str, str]]:
                     f"(tolerance {rules.axial_tolerance_deg:.0f})",
                 )
             )
+    outside = _outside_envelope(series)
+    if outside:
+        reasons.append(("envelope", outside))
     if len(series.slices) < rules.min_slices:
         reasons.append(
             ("slices", f"{len(series.slices)} slices, fewer than the {rules.min_slices} required")
         )
     return reasons
+
+
+def _outside_envelope(series: Series) -> str | None:
+    """Why a series' image geometry lies outside what a head CT can be (resampling cost must
+    depend on the model grid, not on a spacing of 1e-6 mm), or None."""
+    for ref in series.slices:
+        if not (MIN_MATRIX <= ref.rows <= MAX_MATRIX and MIN_MATRIX <= ref.columns <= MAX_MATRIX):
+            return (
+                f"a {ref.rows} x {ref.columns} matrix, outside the head CT envelope "
+                f"({MIN_MATRIX} to {MAX_MATRIX})"
+            )
+        if ref.pixel_spacing is not None:
+            low, high = min(ref.pixel_spacing), max(ref.pixel_spacing)
+            if low < MIN_PIXEL_SPACING_MM or high > MAX_PIXEL_SPACING_MM:
+                return (
+                    f"pixel spacing {ref.pixel_spacing[0]:g} x {ref.pixel_spacing[1]:g} mm, "
+                    f"outside the head CT envelope ({MIN_PIXEL_SPACING_MM:g} to "
+                    f"{MAX_PIXEL_SPACING_MM:g} mm)"
+                )
+            if high / low > MAX_SPACING_RATIO:
+                return (
+                    f"pixel spacing {ref.pixel_spacing[0]:g} x {ref.pixel_spacing[1]:g} mm: "
+                    f"rows and columns differ more than {MAX_SPACING_RATIO:g}-fold"
+                )
+    return None
 
 
 def _preference(series: Series, rules: SelectionRules) -> tuple[int, float, int, int]:

@@ -1,0 +1,104 @@
+"""Work per request is bounded by what the files really hold: declared frame counts are checked
+against the pixel data before any per-frame work, a geometry outside the head CT envelope makes a
+series ineligible (resampling cost never follows a spacing of 1e-6 mm), DICOMDIR indexes inside
+an upload are skipped, and error messages never quote header values."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.fileset import FileSet
+
+from service.errors import CorruptDicomError, IngestError, NoAxialSeriesError, NotDicomError
+from service.ingest import ingest_study
+from service.preprocess import ModelGrid
+from training.synth import SynthOptions, generate_study, write_study
+
+GRID = ModelGrid(depth=16, height=32, width=32)
+
+
+def _study(folder: Path, slices: int = 20) -> list[Path]:
+    options = SynthOptions(slices=slices, matrix=64)
+    study = generate_study(np.random.default_rng(4), options)
+    return write_study(study, folder, options, np.random.default_rng(5))
+
+
+def _edit(path: Path, *, text_tag: int | None = None, text: str = "", **values: object) -> bytes:
+    """The file with tags changed; ``text_tag`` is written as free text (LO), whatever its VR."""
+    ds = pydicom.dcmread(path)
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    if text_tag is not None:
+        del ds[text_tag]
+        ds.add_new(text_tag, "LO", text)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("frames", [2, 1000, 2_147_483_647])
+def test_declared_frames_beyond_the_pixel_data_are_refused_at_once(
+    tmp_path: Path, frames: int
+) -> None:
+    files = _study(tmp_path)
+    data = _edit(files[0], NumberOfFrames=frames)
+    started = time.perf_counter()
+    with pytest.raises(CorruptDicomError, match="frames") as error:
+        ingest_study([(files[0].name, data)], grid=GRID)
+    assert time.perf_counter() - started < 2.0
+    assert error.value.code == "corrupt_dicom"
+
+
+@pytest.mark.parametrize(
+    ("spacing", "reason"),
+    [([1.0, 1e-6], "outside the head CT envelope"), ([0.5, 4.0], "differ more than")],
+)
+def test_geometry_outside_the_envelope_makes_the_series_ineligible(
+    tmp_path: Path, spacing: list[float], reason: str
+) -> None:
+    files = _study(tmp_path)
+    edited = [(f.name, _edit(f, PixelSpacing=spacing)) for f in files]
+    started = time.perf_counter()
+    with pytest.raises(NoAxialSeriesError) as error:
+        ingest_study(edited, grid=GRID)
+    assert time.perf_counter() - started < 5.0
+    reports = error.value.details["series"]
+    assert any(reason in r for report in reports for r in report["reasons"]), reports
+
+
+def test_a_zip_with_a_dicomdir_index_is_read_without_it(tmp_path: Path) -> None:
+    files = _study(tmp_path / "study")
+    file_set = FileSet()
+    for path in files:
+        file_set.add(pydicom.dcmread(path))
+    file_set.write(tmp_path / "media")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in sorted((tmp_path / "media").rglob("*")):
+            if path.is_file():
+                handle.write(path, path.relative_to(tmp_path / "media").as_posix())
+    names = zipfile.ZipFile(io.BytesIO(archive.getvalue())).namelist()
+    assert "DICOMDIR" in names
+    result = ingest_study([("upload.zip", archive.getvalue())], grid=GRID)
+    assert result.volume.hu.shape == (16, 32, 32)
+
+
+def test_errors_name_the_file_not_header_values(tmp_path: Path) -> None:
+    files = _study(tmp_path)
+    identifier = "PHI987654"
+    # SeriesNumber holding an identifier where a number belongs (explicit VR: read back as text)
+    edited = [(f.name, _edit(f, text_tag=0x00200011, text=identifier)) for f in files]
+    with pytest.raises(IngestError) as error:
+        ingest_study(edited, grid=GRID)
+    assert identifier not in error.value.message
+    assert identifier not in str(error.value.to_dict())
+    # Garbage that pydicom chokes on: the message names the file and the kind of failure.
+    with pytest.raises(NotDicomError) as garbage:
+        ingest_study([("x.dcm", b"DICM" + identifier.encode() * 40)], grid=GRID)
+    assert identifier not in garbage.value.message and "x.dcm" in garbage.value.message
