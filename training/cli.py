@@ -278,6 +278,13 @@ def pretrain(
         Path | None,
         typer.Option(help="After training, write the backbone (fp16 save_pretrained) here."),
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder --export wrote (e.g. training/weights/demo_vit): continue that "
+            "backbone where OUT has no checkpoint yet (another machine, a later session)."
+        ),
+    ] = None,
 ) -> None:
     """Pretrain a stand-in foundation backbone on phantoms streamed from the generator, with
     slice-level targets on half of the findings (SYNTHETIC data; resumable)."""
@@ -296,7 +303,11 @@ def pretrain(
         studies_per_step=studies_per_step,
         seed=seed,
     )
-    result = run_pretrain(config, max_seconds=None if max_minutes is None else 60 * max_minutes)
+    result = run_pretrain(
+        config,
+        max_seconds=None if max_minutes is None else 60 * max_minutes,
+        init_from=init_from,
+    )
     typer.echo(json.dumps(result))
     if export is not None:
         card = export_weights(out, export)

@@ -342,8 +342,19 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     temporary.replace(path)  # atomic: a hard stop mid-write leaves the previous checkpoint
 
 
-def pretrain(config: PretrainConfig, *, max_seconds: float | None = None) -> dict[str, Any]:
-    """Train (or resume) until ``config.steps`` or ``max_seconds``; returns the last validation."""
+REWARM_STEPS = 100
+HEADS_FILENAME = "pretraining_heads.safetensors"
+
+
+def pretrain(
+    config: PretrainConfig, *, max_seconds: float | None = None, init_from: Path | None = None
+) -> dict[str, Any]:
+    """Train (or resume) until ``config.steps`` or ``max_seconds``; returns the last validation.
+
+    The run resumes from its own ``last.pt`` when there is one. Without it, ``init_from`` (a
+    folder ``export_weights`` wrote, such as the committed ``training/weights/demo_vit``)
+    continues that backbone on another machine: its encoder and heads, its step count and its
+    place in the study stream, with a fresh optimiser re-warmed over REWARM_STEPS steps."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
@@ -372,12 +383,24 @@ def pretrain(config: PretrainConfig, *, max_seconds: float | None = None) -> dic
     torch.manual_seed(config.seed)
 
     model = SlicePretrainer(make_backbone(config.backbone), len(config.findings))
+    step, consumed, offset = 0, 0, 0
+    last = out / "last.pt"
+    if last.is_file():
+        offset = int(torch.load(last, weights_only=False).get("schedule_offset", 0))
+    elif init_from is not None:
+        step = offset = _warm_start(model, config, Path(init_from))
+        card = json.loads((Path(init_from) / "pretraining.json").read_text())
+        consumed = int(card["studies_seen"])
+        log.info("continuing %s from step %d (%d studies consumed)", init_from, step, consumed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, config))
-    step, consumed = 0, 0
-    last = out / "last.pt"
+
+    def factor(s: int) -> float:
+        rewarm = min(1.0, (s + 1) / REWARM_STEPS) if offset else 1.0
+        return _schedule(offset + s, config) * rewarm
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if last.is_file():
         state = torch.load(last, weights_only=False)
         model.load_state_dict(state["model"])
@@ -407,6 +430,7 @@ def pretrain(config: PretrainConfig, *, max_seconds: float | None = None) -> dic
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "step": step,
+                "schedule_offset": offset,
                 # The buffer is refilled on resume: its studies are counted as not consumed.
                 "consumed": stream.next_index - len(buffer),
             },
@@ -472,6 +496,27 @@ def pretrain(config: PretrainConfig, *, max_seconds: float | None = None) -> dic
     return result
 
 
+def _warm_start(model: SlicePretrainer, config: PretrainConfig, folder: Path) -> int:
+    """Load an exported backbone and its heads into ``model``; returns its step count."""
+    from safetensors.torch import load_file
+
+    card = json.loads((folder / "pretraining.json").read_text())
+    recorded = PretrainConfig.from_dict(card["config"])
+    for name in ("backbone", "findings", "grid", "source_matrix", "prevalence_scale", "seed"):
+        if getattr(recorded, name) != getattr(config, name):
+            raise ValueError(f"{folder} was pretrained with another {name}; cannot continue it")
+    encoder = create_backbone(config.backbone, weights=folder).encoder
+    model.backbone.encoder.load_state_dict(encoder.state_dict())
+    heads = load_file(folder / HEADS_FILENAME)
+    model.findings.load_state_dict(
+        {k[len("findings.") :]: v.float() for k, v in heads.items() if k.startswith("findings.")}
+    )
+    model.position.load_state_dict(
+        {k[len("position.") :]: v.float() for k, v in heads.items() if k.startswith("position.")}
+    )
+    return int(card["steps"])
+
+
 def load_pretrainer(run: Path) -> tuple[SlicePretrainer, PretrainConfig]:
     """The model of a pretraining run's last checkpoint, and its config."""
     config = PretrainConfig.from_dict(json.loads((Path(run) / "config.json").read_text()))
@@ -494,6 +539,12 @@ def export_weights(run: Path, folder: Path, *, half: bool = True) -> dict[str, A
     ]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    heads = {f"findings.{k}": v for k, v in model.findings.state_dict().items()}
+    heads |= {f"position.{k}": v for k, v in model.position.state_dict().items()}
+    # The heads let another machine continue the pretraining from this folder (--init-from).
+    save_file({k: v.contiguous() for k, v in heads.items()}, folder / HEADS_FILENAME)
     encoder = model.backbone.encoder
     if half:
         encoder = encoder.half()

@@ -1,0 +1,92 @@
+"""`headct pretrain`: the stand-in backbone's pretraining streams fresh phantoms with slice-level
+targets, resumes from its checkpoint, refuses changed settings, exports a folder `--weights`
+reads, and continues from that folder on another machine."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.findings import FINDING_CODES
+from training.backbones import create_backbone
+from training.pretrain import (
+    PRETRAINING_FINDINGS,
+    TRAIN_STREAM,
+    PretrainConfig,
+    export_weights,
+    make_study,
+    pretrain,
+)
+
+
+def _config(out: Path, steps: int) -> PretrainConfig:
+    return PretrainConfig(
+        out=str(out),
+        backbone="tiny_dinov2",
+        grid=(8, 32, 32),
+        source_matrix=64,
+        steps=steps,
+        slices_per_step=8,
+        buffer_studies=2,
+        validation_studies=6,
+        validate_every=2,
+        warmup_steps=1,
+        workers=0,
+        prevalence_scale=4.0,
+    )
+
+
+def _curve(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "validation.jsonl").read_text().splitlines()]
+
+
+def test_studies_are_reproducible_with_slice_targets_from_the_annotations() -> None:
+    config = _config(Path("unused"), 1)
+    first, again = make_study(config, TRAIN_STREAM, 3), make_study(config, TRAIN_STREAM, 3)
+    assert np.array_equal(first.hu, again.hu) and first.hu.dtype == np.int16
+    assert first.hu.shape == (8, 32, 32) and first.targets.shape == (8, len(PRETRAINING_FINDINGS))
+    other = make_study(config, TRAIN_STREAM, 4)
+    assert not np.array_equal(first.hu, other.hu)
+    # A finding has slice targets only where its study label is positive.
+    for column, code in enumerate(config.findings):
+        if first.targets[:, column].any():
+            assert first.labels[FINDING_CODES.index(code)] == 1
+
+
+def test_resume_continues_the_stream_and_changed_settings_are_refused(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    pretrain(_config(run, 4))
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["step"] == 4 and state["consumed"] > 0
+    assert [row["step"] for row in _curve(run)] == [2, 4]
+    pretrain(_config(run, 6))  # a longer schedule: resumes at step 4
+    resumed = torch.load(run / "last.pt", weights_only=False)
+    assert resumed["step"] == 6 and resumed["consumed"] > state["consumed"]
+    assert [row["step"] for row in _curve(run)] == [2, 4, 6]
+    with pytest.raises(ValueError, match="lr"):
+        pretrain(replace(_config(run, 8), lr=0.5))
+
+
+def test_export_is_a_weights_folder_and_another_machine_continues_from_it(
+    tmp_path: Path,
+) -> None:
+    run, folder = tmp_path / "run", tmp_path / "weights"
+    pretrain(_config(run, 4))
+    card = export_weights(run, folder)
+    assert card["synthetic"] and card["steps"] == 4 and card["dtype"] == "float16"
+    assert "not for clinical use" in (folder / "PRETRAINING.md").read_text()
+    backbone = create_backbone("tiny_dinov2", weights=folder)
+    assert backbone.pretrained and next(backbone.parameters()).dtype == torch.float32
+
+    elsewhere = tmp_path / "elsewhere"
+    pretrain(_config(elsewhere, 6), init_from=folder)
+    continued = torch.load(elsewhere / "last.pt", weights_only=False)
+    assert continued["step"] == 6 and continued["consumed"] > card["studies_seen"]
+    assert [row["step"] for row in _curve(elsewhere)] == [6]
+    with pytest.raises(ValueError, match="grid"):
+        pretrain(replace(_config(tmp_path / "third", 6), grid=(8, 64, 64)), init_from=folder)
