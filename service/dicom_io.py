@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -16,11 +17,16 @@ from pathlib import Path, PurePosixPath
 import pydicom
 from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 
 from service.errors import CorruptDicomError, EmptyStudyError, NotDicomError, TruncatedDicomError
 
 # Media Storage Directory (DICOMDIR): an index of the files, not an image.
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+DEFLATED_UID = "1.2.840.10008.1.2.1.99"
+# A deflated data set may inflate to at most this many bytes and this many times its size.
+MAX_INFLATED_BYTES = 512 * 1024 * 1024
+MAX_INFLATE_RATIO = 50
 
 StudySource = Path | str | bytes | tuple[str, bytes]
 
@@ -85,10 +91,40 @@ def iter_study_files(sources: Iterable[StudySource]) -> Iterator[StudyFile]:
             yield StudyFile(name, data)
 
 
+def check_inflated_size(file: StudyFile) -> None:
+    """A file in Deflated Explicit VR Little Endian inflates before pydicom parses it: inflate it
+    here first, stopping at MAX_INFLATED_BYTES or MAX_INFLATE_RATIO times its size, so that a
+    1 MB file cannot become 1 GiB (the upload's own size and zip limits do not apply inside a
+    DICOM file)."""
+    if DEFLATED_UID.encode() not in file.data[:4096]:
+        return
+    stream = io.BytesIO(file.data)
+    try:
+        read_preamble(stream, True)
+        meta = _read_file_meta_info(stream)
+    except Exception:
+        return  # not a readable meta header: read_dataset says what is wrong
+    if str(meta.get("TransferSyntaxUID", "")) != DEFLATED_UID:
+        return
+    compressed = file.data[stream.tell() :]
+    limit = min(MAX_INFLATED_BYTES, max(1, len(compressed)) * MAX_INFLATE_RATIO)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(compressed, limit + 1)
+    except zlib.error:
+        raise CorruptDicomError(f"{file.name}: its deflated data set is damaged.") from None
+    if len(inflated) > limit:
+        raise CorruptDicomError(
+            f"{file.name}: its deflated data set inflates past {limit} bytes "
+            f"({MAX_INFLATE_RATIO}x its size, at most {MAX_INFLATED_BYTES}); refused unread."
+        )
+
+
 def read_dataset(file: StudyFile) -> FileDataset:
     """Parse one file. Files without the 128-byte preamble are accepted if they parse as DICOM."""
     if len(file.data) == 0:
         raise NotDicomError(f"{file.name} is empty.")
+    check_inflated_size(file)
     try:
         try:
             ds = pydicom.dcmread(io.BytesIO(file.data))

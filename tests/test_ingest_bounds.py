@@ -102,3 +102,27 @@ def test_errors_name_the_file_not_header_values(tmp_path: Path) -> None:
     with pytest.raises(NotDicomError) as garbage:
         ingest_study([("x.dcm", b"DICM" + identifier.encode() * 40)], grid=GRID)
     assert identifier not in garbage.value.message and "x.dcm" in garbage.value.message
+
+
+def _deflated(ds: pydicom.Dataset) -> bytes:
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_deflated_files_are_read_and_a_deflate_bomb_is_refused_unread(tmp_path: Path) -> None:
+    files = _study(tmp_path)
+    deflated = [(f.name, _deflated(pydicom.dcmread(f))) for f in files]
+    plain = ingest_study([f.parent for f in files[:1]], grid=GRID).volume.hu
+    assert np.array_equal(ingest_study(deflated, grid=GRID).volume.hu, plain)
+
+    bomb = pydicom.dcmread(files[0])
+    bomb.Rows = bomb.Columns = 4096
+    bomb.PixelData = bytes(4096 * 4096 * 2)  # 32 MiB of zeros: about 33 KB deflated
+    data = _deflated(bomb)
+    assert len(data) < 100_000
+    started = time.perf_counter()
+    with pytest.raises(CorruptDicomError, match="inflates past"):
+        ingest_study([("bomb.dcm", data)], grid=GRID)
+    assert time.perf_counter() - started < 2.0
