@@ -54,6 +54,7 @@ def test_quick_demo_pipeline(tmp_path: Path) -> None:
     assert not old.exists()
     versions = [p.name for p in (repository / "headct_molre").iterdir() if p.is_dir()]
     assert versions == ["2"]
+    assert (repository / "headct_molre_cpu" / "1" / "model.py").is_file()
     model = onnx.load(repository / "headct_molre" / "2" / "model.onnx")
     metadata = {p.key: p.value for p in model.metadata_props}
     card = ModelCard.from_json(metadata[CARD_METADATA_KEY])

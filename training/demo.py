@@ -529,13 +529,11 @@ def _export(
         ),
         synthetic=True,
     )
-    # The repository keeps the new version only: older demo versions leave with it.
+    # The repository keeps the new version only: older demo versions leave with it. (The CPU
+    # model's one version, headct_molre_cpu/1, already points at the new model.onnx.)
     for old in before:
         if old.name != str(result.card.version):
             shutil.rmtree(old)
-            cpu = repository / "headct_molre_cpu" / old.name
-            if cpu.exists():
-                shutil.rmtree(cpu)
     return {"version": result.card.version, "path": str(result.version.folder)}
 
 
