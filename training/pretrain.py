@@ -385,8 +385,9 @@ def pretrain(
     model = SlicePretrainer(make_backbone(config.backbone), len(config.findings))
     step, consumed, offset = 0, 0, 0
     last = out / "last.pt"
-    if last.is_file():
-        offset = int(torch.load(last, weights_only=False).get("schedule_offset", 0))
+    state = torch.load(last, weights_only=False) if last.is_file() else None
+    if state is not None:
+        offset = int(state.get("schedule_offset", 0))
     elif init_from is not None:
         step = offset = _warm_start(model, config, Path(init_from))
         card = json.loads((Path(init_from) / "pretraining.json").read_text())
@@ -401,8 +402,7 @@ def pretrain(
         return _schedule(offset + s, config) * rewarm
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    if last.is_file():
-        state = torch.load(last, weights_only=False)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
