@@ -41,7 +41,7 @@ from bench.common import interleaved, median, write_result
 from service.backends.onnx import OnnxBackend
 from service.ingest import ingest_study
 from service.settings import DEFAULT_MODEL_REPOSITORY
-from training.synth import SynthOptions, generate_study, write_study
+from synth import SynthOptions, generate_study, write_study
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "headct_molre"
@@ -56,7 +56,7 @@ def _model_repository(tmp: Path) -> tuple[Path, str]:
         p.name.isdigit() and (p / "model.onnx").is_file() for p in real.iterdir()
     ):
         return DEFAULT_MODEL_REPOSITORY, "model_repository (demo model)"
-    from tests.gateway.onnx_fixture import write_fixture_repository
+    from testing.onnx_fixture import write_fixture_repository
 
     write_fixture_repository(tmp / "repo", depth=32, height=256, width=256)
     return tmp / "repo", "test fixture model (window means; near-zero inference)"
@@ -69,8 +69,8 @@ def _triton_repository(tmp: Path) -> tuple[Path, str]:
         for p in (DEFAULT_MODEL_REPOSITORY / MODEL).glob("*")
     ):
         return DEFAULT_MODEL_REPOSITORY, "model_repository (demo model)"
-    from tests.test_export import make_tiny_run
-    from tests.triton_local import triton_venv
+    from testing.tiny_run import make_tiny_run
+    from testing.triton_local import triton_venv
     from training.export import export_run
 
     run = make_tiny_run(tmp / "tiny_run", grid=TINY_GRID)
@@ -183,7 +183,7 @@ def _backend_comparison(
     tmp: Path, parts: list[Any], per_client: int
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(d): a gateway on Triton and one embedded, same model file, level by level in turn."""
-    from tests.triton_local import triton_server
+    from testing.triton_local import triton_server
 
     repository, label = _triton_repository(tmp)
     backends: dict[str, dict[str, str]] = {

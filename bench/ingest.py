@@ -28,7 +28,7 @@ import pydicom
 from bench.common import interleaved, median, write_result
 from service.ingest import ingest_study
 from service.preprocess import ModelGrid
-from training.synth import SynthOptions, generate_study, write_study
+from synth import SynthOptions, generate_study, write_study
 
 GRID = ModelGrid(depth=32, height=256, width=256)
 

@@ -160,7 +160,7 @@ def _triton_timings(
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from tests.triton_local import triton_server
+    from testing.triton_local import triton_server
 
     config_text = (repository / (name + CPU_SUFFIX) / "config.pbtxt").read_text()
     config = text_format.Parse(config_text, model_config_pb2.ModelConfig())

@@ -16,6 +16,7 @@ WORKDIR /opt/headct
 COPY pyproject.toml README.md ./
 COPY service/ service/
 COPY training/ training/
+COPY synth/ synth/
 COPY model_repository/ model_repository/
 # Keep the image's CUDA build of torch: pin it to the installed version while the `train` extra
 # installs the rest (transformers, onnx, scikit-learn, matplotlib). Editable, so `headct export`

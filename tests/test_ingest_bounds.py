@@ -18,7 +18,7 @@ from pydicom.fileset import FileSet
 from service.errors import CorruptDicomError, IngestError, NoAxialSeriesError, NotDicomError
 from service.ingest import ingest_study
 from service.preprocess import ModelGrid
-from training.synth import SynthOptions, generate_study, write_study
+from synth import SynthOptions, generate_study, write_study
 
 GRID = ModelGrid(depth=16, height=32, width=32)
 

@@ -14,7 +14,7 @@ import pytest
 from service.errors import InconsistentGeometryError, NoAxialSeriesError, TooFewSlicesError
 from service.ingest import ingest_study
 from service.preprocess import ModelGrid
-from training.synth import SynthOptions, generate_study, write_study
+from synth import SynthOptions, generate_study, write_study
 
 SLICES, MATRIX = 20, 64
 NATIVE = ModelGrid(depth=SLICES, height=MATRIX, width=MATRIX)

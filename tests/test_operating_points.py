@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from service.findings import FINDINGS, TriageClass
+from synth.cooccurrence import sample_labels
 from training.operating_points import (
     priority_operating_points,
     study_levels,
     true_levels,
     wilson_interval,
 )
-from training.synth.cooccurrence import sample_labels
 from training.thresholds import choose_thresholds
 
 

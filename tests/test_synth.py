@@ -16,7 +16,7 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from service.findings import FINDING_CODES, FINDING_INDEX
-from training.synth import (
+from synth import (
     FINDING_SIGNATURES,
     SyntheticStudy,
     SynthOptions,
@@ -24,14 +24,14 @@ from training.synth import (
     synthesize,
     write_study,
 )
-from training.synth.cooccurrence import (
+from synth.cooccurrence import (
     EXTRA_AXIAL_COLLECTIONS,
     ICH_SUBTYPES,
     sample_labels,
     to_codes,
     violated_rules,
 )
-from training.synth.dicom_writer import Encoding
+from synth.dicom_writer import Encoding
 
 SMALL = SynthOptions(slices=16, matrix=192)  # 1.25 mm pixels: every small lesion still shows
 TINY = SynthOptions(slices=8, matrix=64)
@@ -185,7 +185,7 @@ def test_generation_is_fast() -> None:
 
 
 def test_package_does_not_import_torch() -> None:
-    code = "import sys, training.synth; sys.exit('torch' in sys.modules)"
+    code = "import sys, synth; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from synth import SynthOptions, synthesize
 from training.backbones import create_backbone
 from training.evaluate import Predictions
-from training.synth import SynthOptions, synthesize
 from training.train import TrainConfig, load_run, train
 
 GRID = (8, 64, 64)

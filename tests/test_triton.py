@@ -23,8 +23,8 @@ from tritonclient.utils import InferenceServerException
 from service.backends.base import INPUT_NAME, OUTPUT_NAMES
 from service.backends.triton import TritonBackend
 from service.preprocess import ModelGrid
-from tests.test_export import GRID, make_tiny_run
-from tests.triton_local import triton_server
+from testing.tiny_run import GRID, make_tiny_run
+from testing.triton_local import triton_server
 from training.export import export_run, synthetic_volumes
 from training.repository import CPU_MODEL_SOURCE
 

@@ -67,7 +67,7 @@ def synth(
     ] = 1.0,
 ) -> None:
     """Write SYNTHETIC head CT studies (DICOM phantoms, no patients) with labels and annotations."""
-    from training.synth import SynthOptions, synthesize
+    from synth import SynthOptions, synthesize
 
     options = SynthOptions(
         slices=slices,

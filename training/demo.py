@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from service.findings import FINDINGS, Category
+from synth import SynthOptions, synthesize
 from training.evaluate import Predictions, _resampled_auc
 from training.operating_points import measure, priority_operating_points
 from training.report import write_report
-from training.synth import SynthOptions, synthesize
 from training.train import TrainConfig, load_run, train
 
 log = logging.getLogger(__name__)

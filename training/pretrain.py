@@ -134,7 +134,7 @@ class SliceStudy:
 
 def make_study(config: PretrainConfig, stream: int, index: int) -> SliceStudy:
     """Study ``index`` of a stream: the same arguments always give the same study."""
-    from training.synth import SynthOptions, generate_study
+    from synth import SynthOptions, generate_study
 
     depth, height, width = config.grid
     options = SynthOptions(

@@ -2,7 +2,7 @@
 
 - the gateway (``service.app.create_app``, embedded backend on a small real ONNX model) after a
   triaged study, a refused upload and the probes, so every family has samples;
-- the Triton server bundled in the ``nvidia-pytriton`` wheel (``tests/triton_local.py``) serving
+- the Triton server bundled in the ``nvidia-pytriton`` wheel (``testing/triton_local.py``) serving
   ``headct_molre_cpu`` (the python backend model) on the same model, after one inference.
 
 Each maps a sample name (``headct_requests_total``, ``nv_inference_queue_duration_us``,
@@ -56,7 +56,7 @@ def gateway_exposition(scratch: Path) -> str:
 
     from service.app import create_app
     from service.settings import Settings
-    from tests.gateway.onnx_fixture import write_fixture_repository
+    from testing.onnx_fixture import write_fixture_repository
     from tests.gateway.studies import multipart_files, write_synthetic_study
 
     fixture = write_fixture_repository(scratch / "model_repository")
@@ -88,8 +88,8 @@ def triton_exposition(scratch: Path) -> str:
     import tritonclient.http as triton_http
 
     from service.backends.base import INPUT_NAME
-    from tests.gateway.onnx_fixture import write_fixture_repository
-    from tests.triton_local import triton_server
+    from testing.onnx_fixture import write_fixture_repository
+    from testing.triton_local import triton_server
     from training.repository import publish
 
     fixture = write_fixture_repository(scratch / "fixture")

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.gateway.onnx_fixture import FixtureModel, write_fixture_repository
+from testing.onnx_fixture import FixtureModel, write_fixture_repository
+from testing.triton_local import TritonServer
 from tests.gateway.studies import Patient, write_synthetic_study
-from tests.triton_local import TritonServer
 
 if TYPE_CHECKING:
     from training.export import ExportResult
@@ -101,8 +101,8 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
     export is deterministic) as ``headct_molre`` version 1 and ``headct_molre_cpu`` in a temporary
     repository; the python model runs in the Triton venv. Torch is imported here, not at
     collection, so the other gateway tests do not pay for it."""
-    from tests.test_export import make_tiny_run
-    from tests.triton_local import triton_venv
+    from testing.tiny_run import make_tiny_run
+    from testing.triton_local import triton_venv
     from training.export import export_run
 
     root = tmp_path_factory.mktemp("exported")
@@ -121,7 +121,7 @@ def triton(
 ) -> Iterator[TritonServer]:
     """The real Triton server of the nvidia-pytriton wheel serving ``headct_molre_cpu`` from
     ``exported_repository``, started once. Tests that unload, reconfigure or pause it restore it."""
-    from tests.triton_local import triton_server
+    from testing.triton_local import triton_server
 
     log_dir = tmp_path_factory.mktemp("triton")
     with triton_server(exported_repository, [TRITON_MODEL], log_dir=log_dir) as server:

@@ -1,4 +1,4 @@
-"""Synthetic head CT studies for the gateway tests, written with ``training.synth``.
+"""Synthetic head CT studies for the gateway tests, written with ``synth``.
 
 The same ``seed`` gives the same anatomy whatever the compression or file order, so results can be
 compared across encodings. ``with_patient`` stamps distinctive patient identifiers into every file
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from training.synth import SynthOptions, generate_study, write_study
+from synth import SynthOptions, generate_study, write_study
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from service.backends.triton import TritonBackend
 from service.model_card import CARD_FILENAME, CARD_METADATA_KEY
 from service.settings import BackendKind, Settings
 from service.uploads import unsafe_entry_name
-from tests.gateway.onnx_fixture import (
+from testing.onnx_fixture import (
     FixtureModel,
     build_graph,
     fixture_card,

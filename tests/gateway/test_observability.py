@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.log_config import configure_logging
+from testing.onnx_fixture import FixtureModel
 from tests.gateway.conftest import PATIENT
-from tests.gateway.onnx_fixture import FixtureModel
 from tests.gateway.studies import multipart_files
 
 

@@ -15,7 +15,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from service.app import create_app
 from service.settings import Settings
-from tests.gateway.onnx_fixture import FixtureModel
+from testing.onnx_fixture import FixtureModel
 
 EXAMPLES = 12
 API_KEY = "schemathesis-key"

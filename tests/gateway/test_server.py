@@ -19,8 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli import app as cli
+from testing.onnx_fixture import FixtureModel
 from tests.gateway.conftest import PATIENT
-from tests.gateway.onnx_fixture import FixtureModel
 from tests.gateway.studies import multipart_files
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.synth.anatomy import Anatomy, Tissue
-from training.synth.canvas import Canvas
-from training.synth.geometry import Box, Grid
+from synth.anatomy import Anatomy, Tissue
+from synth.canvas import Canvas
+from synth.geometry import Box, Grid
 
 Point = tuple[float, float, float]
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.synth.anatomy import Tissue
-from training.synth.canvas import Canvas
-from training.synth.geometry import bump, ellipsoid
-from training.synth.lesions_structural import redraw_cortex
-from training.synth.regions import convexity_box, convexity_point, footprint
+from synth.anatomy import Tissue
+from synth.canvas import Canvas
+from synth.geometry import bump, ellipsoid
+from synth.lesions_structural import redraw_cortex
+from synth.regions import convexity_box, convexity_point, footprint
 
 # Candidate sites (azimuth degrees: 0 patient left, 90 posterior, 180 right, -90 anterior).
 _SITES_LEFT = (10.0, 40.0, -25.0)

@@ -1,8 +1,8 @@
 """Synthetic head CT studies with known findings (numpy + pydicom; no patient data, no torch)."""
 
-from training.synth.options import SynthOptions
-from training.synth.signatures import FINDING_SIGNATURES
-from training.synth.study import SyntheticStudy, generate_study, synthesize, write_study
+from synth.options import SynthOptions
+from synth.signatures import FINDING_SIGNATURES
+from synth.study import SyntheticStudy, generate_study, synthesize, write_study
 
 __all__ = [
     "FINDING_SIGNATURES",

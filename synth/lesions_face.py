@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.synth.anatomy import Tissue
-from training.synth.canvas import Canvas
-from training.synth.geometry import ellipsoid
+from synth.anatomy import Tissue
+from synth.canvas import Canvas
+from synth.geometry import ellipsoid
 
 MAXILLARY = ((28.0, -58.0, -66.0), (13.0, 16.0, 13.0))  # centre (left side) and semi-axes
 SPHENOID = ((0.0, -31.0, -45.0), (13.0, 10.0, 7.0))

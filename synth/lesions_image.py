@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.synth.canvas import Canvas
+from synth.canvas import Canvas
 
 
 def artifact_limited_study(c: Canvas) -> None:

@@ -12,7 +12,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from training.synth.geometry import Box, Grid, HeadPose, ellipsoid
+from synth.geometry import Box, Grid, HeadPose, ellipsoid
 
 
 class Tissue(IntEnum):

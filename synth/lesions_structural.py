@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.synth.anatomy import Tissue
-from training.synth.canvas import Canvas
-from training.synth.geometry import Box, bump, ellipsoid
-from training.synth.phantom import label_cerebellum, label_cerebrum, sylvian_box, sylvian_fissure
-from training.synth.skull_base import tentorium_z
-from training.synth.ventricles import (
+from synth.anatomy import Tissue
+from synth.canvas import Canvas
+from synth.geometry import Box, bump, ellipsoid
+from synth.phantom import label_cerebellum, label_cerebrum, sylvian_box, sylvian_fissure
+from synth.skull_base import tentorium_z
+from synth.ventricles import (
     VentricleShape,
     fourth_ventricle,
     lateral_ventricle,

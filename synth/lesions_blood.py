@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.synth.anatomy import Tissue
-from training.synth.canvas import Canvas
-from training.synth.cooccurrence import ICH_SUBTYPES
-from training.synth.geometry import Box, bump, ellipsoid
-from training.synth.lesions_masses import free_site, lobar_point, lobulated_ball
-from training.synth.regions import (
+from synth.anatomy import Tissue
+from synth.canvas import Canvas
+from synth.cooccurrence import ICH_SUBTYPES
+from synth.geometry import Box, bump, ellipsoid
+from synth.lesions_masses import free_site, lobar_point, lobulated_ball
+from synth.regions import (
     Point,
     convexity_point,
     random_point,

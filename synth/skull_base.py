@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.synth.anatomy import Anatomy, Tissue, paint, paint_ellipsoid
-from training.synth.geometry import Grid, bump, ellipsoid, segment_distance, smoothstep
+from synth.anatomy import Anatomy, Tissue, paint, paint_ellipsoid
+from synth.geometry import Grid, bump, ellipsoid, segment_distance, smoothstep
 
 
 def floor_height(u: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from service.findings import FINDING_CODES
-from training.synth import (
+from synth import (
     lesions_blood,
     lesions_extraaxial,
     lesions_face,
@@ -23,10 +23,10 @@ from training.synth import (
     lesions_skull,
     lesions_structural,
 )
-from training.synth.anatomy import Anatomy
-from training.synth.canvas import Canvas, Plan
-from training.synth.cooccurrence import to_codes
-from training.synth.regions import convexity_point
+from synth.anatomy import Anatomy
+from synth.canvas import Canvas, Plan
+from synth.cooccurrence import to_codes
+from synth.regions import convexity_point
 
 Drawer = Callable[[Canvas], None]
 

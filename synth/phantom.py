@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.synth.anatomy import Anatomy, Tissue, paint
-from training.synth.geometry import Box, Grid
-from training.synth.skull_base import draw_face, floor_height, tentorium_z
-from training.synth.ventricles import draw_deep_structures
+from synth.anatomy import Anatomy, Tissue, paint
+from synth.geometry import Box, Grid
+from synth.skull_base import draw_face, floor_height, tentorium_z
+from synth.ventricles import draw_deep_structures
 
 
 @dataclass(frozen=True, eq=False)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.findings import FINDING_INDEX
-from training.synth.anatomy import Anatomy, Tissue
-from training.synth.geometry import Box, Grid
-from training.synth.phantom import Fields
+from synth.anatomy import Anatomy, Tissue
+from synth.geometry import Box, Grid
+from synth.phantom import Fields
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from training.synth.anatomy import Tissue
-from training.synth.canvas import Canvas
-from training.synth.geometry import Box, ellipsoid, segment_distance
-from training.synth.regions import Point, random_point
+from synth.anatomy import Tissue
+from synth.canvas import Canvas
+from synth.geometry import Box, ellipsoid, segment_distance
+from synth.regions import Point, random_point
 
 _BRAIN = (Tissue.GM, Tissue.WM, Tissue.DEEP_GM, Tissue.CSF)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.synth.anatomy import Tissue
-from training.synth.canvas import Canvas
-from training.synth.geometry import Box, bump, ellipsoid, segment_distance
-from training.synth.lesions_structural import enlarge_lateral, supratentorial
-from training.synth.regions import random_point, territory_box, territory_weight
-from training.synth.ventricles import VentricleShape, lateral_ventricle, lateral_ventricle_box
+from synth.anatomy import Tissue
+from synth.canvas import Canvas
+from synth.geometry import Box, bump, ellipsoid, segment_distance
+from synth.lesions_structural import enlarge_lateral, supratentorial
+from synth.regions import random_point, territory_box, territory_weight
+from synth.ventricles import VentricleShape, lateral_ventricle, lateral_ventricle_box
 
 _PARENCHYMA = (Tissue.GM, Tissue.WM, Tissue.DEEP_GM)
 

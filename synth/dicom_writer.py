@@ -24,9 +24,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from training.synth.cooccurrence import to_codes
-from training.synth.imaging import bone_kernel, lateral_localizer, thin_slices
-from training.synth.options import SynthOptions
+from synth.cooccurrence import to_codes
+from synth.imaging import bone_kernel, lateral_localizer, thin_slices
+from synth.options import SynthOptions
 
 MANUFACTURER = "headct-triage synthetic"
 DISCLAIMER = "SYNTHETIC PHANTOM - NOT PATIENT DATA - NOT FOR CLINICAL USE"

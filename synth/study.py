@@ -19,15 +19,15 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 from service.findings import FINDING_CODES
-from training.synth.anatomy import sample_anatomy
-from training.synth.canvas import Canvas
-from training.synth.cooccurrence import sample_labels, to_codes
-from training.synth.dicom_writer import write_dicom_study
-from training.synth.geometry import Grid
-from training.synth.imaging import form_image
-from training.synth.lesions import draw_findings, make_plan
-from training.synth.options import SynthOptions
-from training.synth.phantom import render
+from synth.anatomy import sample_anatomy
+from synth.canvas import Canvas
+from synth.cooccurrence import sample_labels, to_codes
+from synth.dicom_writer import write_dicom_study
+from synth.geometry import Grid
+from synth.imaging import form_image
+from synth.lesions import draw_findings, make_plan
+from synth.options import SynthOptions
+from synth.phantom import render
 
 
 @dataclass(frozen=True)

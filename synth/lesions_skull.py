@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.synth.anatomy import Tissue
-from training.synth.canvas import Canvas
-from training.synth.geometry import Box, ellipsoid, segment_distance
-from training.synth.regions import Point, convexity_box, convexity_point, footprint
+from synth.anatomy import Tissue
+from synth.canvas import Canvas
+from synth.geometry import Box, ellipsoid, segment_distance
+from synth.regions import Point, convexity_box, convexity_point, footprint
 
 METAL_HU = 3071.0  # the top of the 12-bit range: metal saturates
 _BONES = (Tissue.BONE, Tissue.DIPLOE, Tissue.PETROUS)

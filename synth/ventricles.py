@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.synth.anatomy import Anatomy, Tissue, paint, paint_ellipsoid
-from training.synth.geometry import Box, Grid, ellipsoid
+from synth.anatomy import Anatomy, Tissue, paint, paint_ellipsoid
+from synth.geometry import Box, Grid, ellipsoid
 
 
 @dataclass(frozen=True)
