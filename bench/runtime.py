@@ -38,8 +38,8 @@ import onnxruntime as ort
 import torch
 
 from bench.common import interleaved, median, write_result
-from service.backends.base import INPUT_NAME, OUTPUT_NAMES
 from service.backends.onnx import newest_version, read_card
+from service.contract import INPUT_DTYPE, INPUT_NAME, OUTPUT_NAMES, TRITON_TYPES
 from service.model_card import ModelCard
 from service.preprocess import ModelGrid
 from service.settings import DEFAULT_MODEL_REPOSITORY
@@ -109,7 +109,7 @@ class _TritonClients:
         if client is None:
             client = self.local.client = triton_http.InferenceServerClient(self.url)
             self.clients.append(client)
-        tensor = triton_http.InferInput(INPUT_NAME, list(volume.shape), "INT16")
+        tensor = triton_http.InferInput(INPUT_NAME, list(volume.shape), TRITON_TYPES[INPUT_DTYPE])
         tensor.set_data_from_numpy(volume, binary_data=True)
         outputs = [triton_http.InferRequestedOutput(n, binary_data=True) for n in OUTPUT_NAMES]
         result = client.infer(self.model, [tensor], outputs=outputs)

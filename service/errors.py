@@ -70,6 +70,12 @@ class InconsistentGeometryError(IngestError):
     code = "inconsistent_geometry"
 
 
+class ModelContractError(HeadCTError):
+    """The model's tensors do not match the contract its card promises: a deployment error."""
+
+    code = "model_contract"
+
+
 # Errors that concern the file itself (client sent something broken) rather than its content.
 FILE_LEVEL_ERRORS: tuple[type[IngestError], ...] = (
     NotDicomError,

@@ -14,7 +14,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from service.backends.base import ModelOutputs
+from service.contract import ModelOutputs
 from service.model_card import ModelCard
 from service.schemas import TriageResult
 

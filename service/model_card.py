@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.contract import AdapterKind, HUWindow
 from service.findings import FINDINGS
 from service.preprocess import ModelGrid
 
@@ -54,14 +55,8 @@ class CardGrid(_Strict):
         return ModelGrid(self.depth, self.height, self.width, self.fov_mm)
 
 
-class CardWindow(_Strict):
-    name: str
-    center: float
-    width: float = Field(gt=0)
-
-
 class CardAdapter(_Strict):
-    kind: Literal["probe", "lora", "molre", "full"]
+    kind: AdapterKind
     experts: int = Field(ge=1)
     rank: int | None = None
     alpha: float | None = None
@@ -109,7 +104,7 @@ class ModelCard(_Strict):
     backbone: CardBackbone
     adapter: CardAdapter
     grid: CardGrid
-    windows: list[CardWindow]
+    windows: list[HUWindow]
     findings: list[CardFinding]
     router_reference: list[float] = Field(
         description="Mean expert weights on the validation set: the reference that monitoring "

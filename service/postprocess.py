@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from service.backends.base import ModelOutputs
+from service.contract import ModelOutputs
 from service.findings import triage_drivers, triage_priority
 from service.ingest import IngestResult
 from service.model_card import ModelCard

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from service.contract import DEFAULT_WINDOWS, INPUT_NAME, OUTPUT_NAMES, input_shape, output_shapes
 from service.findings import FINDINGS
 from service.model_card import (
     CARD_FILENAME,
@@ -29,12 +30,10 @@ from service.model_card import (
     CardFinding,
     CardGrid,
     CardProvenance,
-    CardWindow,
     ModelCard,
 )
 
 MODEL_NAME = "headct_molre"
-WINDOWS = (("brain", 40.0, 80.0), ("subdural", 80.0, 200.0), ("bone", 600.0, 2800.0))
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ def fixture_card(depth: int, height: int, width: int, experts: int, version: int
         backbone=CardBackbone(name="fixture-window-means"),
         adapter=CardAdapter(kind="molre", experts=experts, rank=4, targets=["fixture"]),
         grid=CardGrid(depth=depth, height=height, width=width),
-        windows=[CardWindow(name=n, center=c, width=w) for n, c, w in WINDOWS],
+        windows=list(DEFAULT_WINDOWS),
         findings=[
             CardFinding(
                 code=f.code,
@@ -82,11 +81,11 @@ def _const(name: str, value: np.ndarray) -> TensorProto:
 
 def build_graph(card: ModelCard, seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
-    d, h, w = card.grid.depth, card.grid.height, card.grid.width
-    k, f = card.adapter.experts, len(card.findings)
-    n_feat = len(WINDOWS)
-    lows = np.array([c - wd / 2 for _, c, wd in WINDOWS], dtype=np.float32)
-    widths = np.array([wd for _, _, wd in WINDOWS], dtype=np.float32)
+    d, k, f = card.grid.depth, card.adapter.experts, len(card.findings)
+    probabilities, router, slice_router, attention = OUTPUT_NAMES
+    n_feat = len(card.windows)
+    lows = np.array([window.low for window in card.windows], dtype=np.float32)
+    widths = np.array([window.width for window in card.windows], dtype=np.float32)
     init = [
         _const("lows", lows.reshape(n_feat, 1, 1, 1, 1)),  # broadcast over [B, D, H, W]
         _const("widths", widths.reshape(n_feat, 1, 1, 1, 1)),
@@ -106,7 +105,7 @@ def build_graph(card: ModelCard, seed: int = 0) -> onnx.ModelProto:
     ]
     n = helper.make_node
     nodes = [
-        n("Cast", ["CT_VOLUME"], ["hu"], to=TensorProto.FLOAT),
+        n("Cast", [INPUT_NAME], ["hu"], to=TensorProto.FLOAT),
         n("Unsqueeze", ["hu", "axis0"], ["hu5"]),  # [1, B, D, H, W]
         n("Sub", ["hu5", "lows"], ["shifted"]),  # [F, B, D, H, W]
         n("Div", ["shifted", "widths"], ["scaled"]),
@@ -117,29 +116,26 @@ def build_graph(card: ModelCard, seed: int = 0) -> onnx.ModelProto:
         n("Mul", ["feat_c", "scale"], ["feat"]),
         n("MatMul", ["feat", "w_att"], ["att_logit3"]),  # [B, D, 1]
         n("Squeeze", ["att_logit3", "axis_last"], ["att_logit"]),  # [B, D]
-        n("Softmax", ["att_logit"], ["SLICE_ATTENTION"], axis=-1),
+        n("Softmax", ["att_logit"], [attention], axis=-1),
         n("MatMul", ["feat", "w_router"], ["router_mm"]),  # [B, D, K]
         n("Add", ["router_mm", "b_router"], ["router_logit"]),
-        n("Softmax", ["router_logit"], ["SLICE_ROUTER_WEIGHTS"], axis=-1),
-        n("ReduceMean", ["SLICE_ROUTER_WEIGHTS", "axis1"], ["ROUTER_WEIGHTS"], keepdims=0),
-        n("Unsqueeze", ["SLICE_ATTENTION", "axis1"], ["att_row"]),  # [B, 1, D]
+        n("Softmax", ["router_logit"], [slice_router], axis=-1),
+        n("ReduceMean", [slice_router, "axis1"], [router], keepdims=0),
+        n("Unsqueeze", [attention, "axis1"], ["att_row"]),  # [B, 1, D]
         n("MatMul", ["att_row", "feat"], ["pooled3"]),  # [B, 1, F]
         n("Squeeze", ["pooled3", "axis1"], ["pooled"]),  # [B, F]
         n("MatMul", ["pooled", "w_head"], ["head_mm"]),
         n("Add", ["head_mm", "b_head"], ["logits"]),
-        n("Sigmoid", ["logits"], ["PROBABILITIES"]),
+        n("Sigmoid", ["logits"], [probabilities]),
     ]
+    volume = ["batch", *input_shape(card.grid.to_model_grid())]
     graph = helper.make_graph(
         nodes,
         "headct_fixture",
-        [helper.make_tensor_value_info("CT_VOLUME", TensorProto.INT16, ["batch", d, h, w])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.INT16, volume)],
         [
-            helper.make_tensor_value_info("PROBABILITIES", TensorProto.FLOAT, ["batch", f]),
-            helper.make_tensor_value_info("ROUTER_WEIGHTS", TensorProto.FLOAT, ["batch", k]),
-            helper.make_tensor_value_info(
-                "SLICE_ROUTER_WEIGHTS", TensorProto.FLOAT, ["batch", d, k]
-            ),
-            helper.make_tensor_value_info("SLICE_ATTENTION", TensorProto.FLOAT, ["batch", d]),
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *dims])
+            for name, dims in output_shapes(d, k).items()
         ],
         init,
     )

@@ -20,10 +20,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from typer.testing import CliRunner
 
-from service.backends.base import INPUT_NAME, OUTPUT_NAMES
+from service.contract import INPUT_NAME, OUTPUT_NAMES
 from service.findings import FINDINGS, NUM_FINDINGS
 from service.model_card import CARD_FILENAME, CARD_METADATA_KEY, NOT_FOR_CLINICAL_USE, ModelCard
 from service.preprocess import ModelGrid
+from testing.onnx_fixture import build_graph, fixture_card
 from testing.tiny_run import EXPERTS, GRID, ONNX_TYPES, make_tiny_run, make_validation_data
 from training import export as export_module
 from training.export import ExportError, export_run, synthetic_volumes
@@ -221,6 +222,19 @@ def test_cli_exports_the_next_version(exported, monkeypatch) -> None:
     assert card.version == 2 and card.provenance.metrics["onnx_max_abs_difference"] < 1e-4
     # Without validation data, the thresholds come from the run's validation predictions.
     assert card.provenance.metrics["threshold_fallbacks"] < 75
+
+
+def test_a_graph_that_breaks_the_serving_contract_fails_and_writes_nothing(
+    exported, tmp_path, monkeypatch
+) -> None:
+    _, run, _ = exported
+    wrong = tmp_path / "wrong.onnx"  # the card's grid, one expert too many
+    onnx.save(build_graph(fixture_card(*GRID, experts=EXPERTS + 1)), wrong)
+    monkeypatch.setattr(export_module, "export_onnx", _copy_export(wrong))
+    repository = tmp_path / "repository"
+    with pytest.raises(ExportError, match="onnx graph breaks the serving contract: ROUTER_WEIGHTS"):
+        export_run(run, repository)
+    assert not repository.exists()
 
 
 def test_a_graph_that_disagrees_with_pytorch_fails_and_writes_nothing(

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from service.contract import ADAPTER_KINDS, DEFAULT_WINDOWS
 from service.findings import NUM_FINDINGS
-from training.model import DEFAULT_WINDOWS, HeadCTModel, HUWindowing, build_model
+from training.model import HeadCTModel, HUWindowing, build_model
 from training.molre import MoLREConfig, expert_layers
 from training.params import count_for
-
-ADAPTERS = ("probe", "lora", "molre", "full")
 
 
 def _volume(batch: int = 2, depth: int = 6, seed: int = 0) -> torch.Tensor:
@@ -27,7 +26,7 @@ def _activate_experts(model: HeadCTModel) -> None:
         torch.nn.init.normal_(layer.lora_B, std=0.2)
 
 
-@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("adapter", ADAPTER_KINDS)
 @pytest.mark.parametrize("name", ["tiny_dinov2", "tiny_dinov3", "tiny_siglip", "tiny_resnet3d"])
 def test_forward_gives_the_documented_shapes(name: str, adapter: str) -> None:
     model = build_model(name, adapter)

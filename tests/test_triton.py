@@ -20,8 +20,8 @@ import pytest
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from service.backends.base import INPUT_NAME, OUTPUT_NAMES
 from service.backends.triton import TritonBackend
+from service.contract import INPUT_DTYPE, INPUT_NAME, OUTPUT_NAMES
 from service.preprocess import ModelGrid
 from testing.tiny_run import GRID, make_tiny_run
 from testing.triton_local import triton_server
@@ -196,15 +196,27 @@ def _fake_backend_utils() -> types.ModuleType:
 
 
 @pytest.fixture()
-def python_model(served, monkeypatch):
-    from google.protobuf import json_format, text_format
-    from tritonclient.grpc import model_config_pb2
-
-    _, _, result = served
+def python_model_module(monkeypatch) -> types.ModuleType:
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_backend_utils())
     spec = importlib.util.spec_from_file_location("headct_molre_cpu_model", CPU_MODEL_SOURCE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_python_model_spells_the_contracts_input(python_model_module) -> None:
+    """Triton loads the python model alone, so it keeps its own copy of the input's contract."""
+    assert python_model_module.INPUT_NAME == INPUT_NAME
+    assert np.dtype(python_model_module.INPUT_DTYPE) == INPUT_DTYPE
+
+
+@pytest.fixture()
+def python_model(served, python_model_module):
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    _, _, result = served
+    module = python_model_module
     config = text_format.Parse(
         result.version.cpu_config.read_text(), model_config_pb2.ModelConfig()
     )

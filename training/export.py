@@ -32,7 +32,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from service.backends.base import INPUT_NAME, OUTPUT_NAMES
+from service.contract import INPUT_NAME, OUTPUT_NAMES, check_graph
+from service.errors import ModelContractError
 from service.findings import FINDINGS
 from service.model_card import (
     NOT_FOR_CLINICAL_USE,
@@ -42,7 +43,6 @@ from service.model_card import (
     CardGrid,
     CardOperatingPoint,
     CardProvenance,
-    CardWindow,
     ModelCard,
 )
 from service.preprocess import AIR_HU, ModelGrid
@@ -172,18 +172,6 @@ def export_onnx(model: HeadCTModel, grid: ModelGrid, path: Path) -> None:
     onnx.checker.check_model(str(path))
 
 
-def check_signature(session: ort.InferenceSession, grid: ModelGrid) -> None:
-    """The exported graph's names, types and static dimensions are the serving contract's."""
-    (volume,) = session.get_inputs()
-    if volume.name != INPUT_NAME or volume.type != "tensor(int16)":
-        raise ExportError(f"input is {volume.name} {volume.type}, not {INPUT_NAME} tensor(int16)")
-    if list(volume.shape[1:]) != [grid.depth, grid.height, grid.width]:
-        raise ExportError(f"input shape {volume.shape} is not [B, {grid}]")
-    names = tuple(o.name for o in session.get_outputs())
-    if names != OUTPUT_NAMES:
-        raise ExportError(f"outputs are {names}, not {OUTPUT_NAMES}")
-
-
 def quantize_int8(source: Path, target: Path) -> None:
     """Dynamic int8 quantisation of the weights (activations quantised at run time): for CPUs."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -297,7 +285,7 @@ def build_card(
             **summary, added_parameters=counts.added, added_fraction=counts.added_fraction
         ),
         grid=CardGrid(depth=d, height=h, width=w),
-        windows=[CardWindow(name=w.name, center=w.level, width=w.width) for w in model.windows],
+        windows=list(model.windows),
         findings=[
             CardFinding(
                 code=f.code,
@@ -395,7 +383,11 @@ def export_run(
             variants["int8"] = staged / "model.int8.onnx"
             quantize_int8(path, variants["int8"])
         sessions = {"onnx": _session(path)} | {k: _session(p) for k, p in variants.items()}
-        check_signature(sessions["onnx"], grid)
+        for kind, session in sessions.items():
+            try:
+                check_graph(session, grid, model.experts)
+            except ModelContractError as exc:
+                raise ExportError(f"the {kind} graph breaks the serving contract: {exc}") from None
 
         batches = (
             validation.batches(batch_size)

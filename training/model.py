@@ -16,41 +16,18 @@ serving contract: the gateway sends HU and the model owns its windows). Adapters
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from service.contract import ADAPTER_KINDS, DEFAULT_WINDOWS, AdapterKind, HUWindow
 from service.findings import NUM_FINDINGS
 from training.backbones import SliceBackbone, create_backbone
 from training.molre import MoLREConfig, expert_layers, inject_molre
 from training.pooling import GatedAttentionPooling
-
-AdapterKind = Literal["probe", "lora", "molre", "full"]
-
-
-@dataclass(frozen=True)
-class HUWindow:
-    """A CT display window: HU in [level - width/2, level + width/2] maps to [0, 1]."""
-
-    name: str
-    width: float
-    level: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# Brain for parenchyma and fresh blood, subdural for thin extra-axial collections against the
-# skull, bone for fractures: the three windows a radiologist reads a head CT in.
-DEFAULT_WINDOWS = (
-    HUWindow("brain", 80.0, 40.0),
-    HUWindow("subdural", 200.0, 80.0),
-    HUWindow("bone", 2800.0, 600.0),
-)
 
 
 class HUWindowing(nn.Module):
@@ -58,10 +35,7 @@ class HUWindowing(nn.Module):
 
     def __init__(self, windows: Sequence[HUWindow]) -> None:
         super().__init__()
-        for window in windows:
-            if window.width <= 0:
-                raise ValueError(f"HU window {window.name!r} needs a positive width")
-        lows = [w.level - w.width / 2 for w in windows]
+        lows = [w.low for w in windows]
         widths = [w.width for w in windows]
         self.register_buffer("low", torch.tensor(lows).view(-1, 1, 1), persistent=False)
         self.register_buffer("width", torch.tensor(widths).view(-1, 1, 1), persistent=False)
@@ -94,8 +68,8 @@ class HeadCTModel(nn.Module):
         pooling_hidden: int = 128,
     ) -> None:
         super().__init__()
-        if adapter not in get_args(AdapterKind):
-            raise ValueError(f"adapter must be one of {get_args(AdapterKind)}, not {adapter!r}")
+        if adapter not in ADAPTER_KINDS:
+            raise ValueError(f"adapter must be one of {ADAPTER_KINDS}, not {adapter!r}")
         if len(windows) != 3:
             raise ValueError(f"windows must be 3 (the backbone's RGB channels), not {len(windows)}")
         self.adapter = adapter

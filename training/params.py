@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from training.model import AdapterKind, HeadCTModel, build_model
+from service.contract import ADAPTER_KINDS, AdapterKind
+from training.model import HeadCTModel, build_model
 from training.molre import MoLREConfig, expert_layers
 
 TABLE_BACKBONES = ("dinov2_base", "dinov3_base", "siglip_so400m")
-TABLE_ADAPTERS: tuple[AdapterKind, ...] = ("probe", "lora", "molre", "full")
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def count_for(
 
 def parameter_table(
     backbones: Sequence[str] = TABLE_BACKBONES,
-    adapters: Sequence[AdapterKind] = TABLE_ADAPTERS,
+    adapters: Sequence[AdapterKind] = ADAPTER_KINDS,
     molre: MoLREConfig | None = None,
 ) -> list[ParameterCount]:
     """Counts for every backbone x adapter; ``molre`` (default ``MoLREConfig()``) sets the

@@ -41,9 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from service.contract import DEFAULT_WINDOWS
 from service.findings import FINDING_CODES
 from training.backbones import SliceBackbone, create_backbone
-from training.model import DEFAULT_WINDOWS, HUWindowing
+from training.model import HUWindowing
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,19 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnx
 
-from service.backends.base import INPUT_NAME, OUTPUT_NAMES
+from service.contract import (
+    INPUT_DTYPE,
+    INPUT_NAME,
+    OUTPUT_DTYPE,
+    TRITON_TYPES,
+    input_shape,
+    output_shapes,
+)
 from service.model_card import CARD_FILENAME, CARD_METADATA_KEY, ModelCard
 
 MODEL_FILENAME = "model.onnx"
@@ -97,19 +106,18 @@ def _dims(dims: tuple[int, ...]) -> str:
     return "[ " + ", ".join(str(d) for d in dims) + " ]"
 
 
+def _tensor(name: str, dtype: np.dtype[Any], dims: tuple[int, ...]) -> str:
+    return f'  {{ name: "{name}" data_type: TYPE_{TRITON_TYPES[dtype]} dims: {_dims(dims)} }}'
+
+
 def _io(card: ModelCard) -> str:
     """Input and outputs without the batch dimension (Triton adds it: max_batch_size > 0)."""
-    d, h, w = card.grid.depth, card.grid.height, card.grid.width
-    k, f = card.adapter.experts, len(card.findings)
-    shapes = dict(zip(OUTPUT_NAMES, ((f,), (k,), (d, k), (d,)), strict=True))
+    volume = _tensor(INPUT_NAME, INPUT_DTYPE, input_shape(card.grid.to_model_grid()))
     outputs = ",\n".join(
-        f'  {{ name: "{name}" data_type: TYPE_FP32 dims: {_dims(dims)} }}'
-        for name, dims in shapes.items()
+        _tensor(name, OUTPUT_DTYPE, dims)
+        for name, dims in output_shapes(card.grid.depth, card.adapter.experts).items()
     )
-    return (
-        f'input [\n  {{ name: "{INPUT_NAME}" data_type: TYPE_INT16 dims: {_dims((d, h, w))} }}\n]\n'
-        f"output [\n{outputs}\n]\n"
-    )
+    return f"input [\n{volume}\n]\noutput [\n{outputs}\n]\n"
 
 
 def _batching(batching: Batching) -> str:
@@ -129,10 +137,11 @@ def _batching(batching: Batching) -> str:
 
 def _warmup(card: ModelCard, batching: Batching) -> str:
     """Zero-HU (water) volumes of the full shape: the model is ready only once it has run."""
-    shape = _dims((card.grid.depth, card.grid.height, card.grid.width))
+    shape = _dims(input_shape(card.grid.to_model_grid()))
+    dtype = TRITON_TYPES[INPUT_DTYPE]
     samples = ",\n".join(
         f'  {{ name: "zero_volume_batch_{size}" batch_size: {size} inputs {{ key: "{INPUT_NAME}" '
-        f"value: {{ data_type: TYPE_INT16 dims: {shape} zero_data: true }} }} }}"
+        f"value: {{ data_type: TYPE_{dtype} dims: {shape} zero_data: true }} }} }}"
         for size in batching.warmup_batch_sizes
     )
     return f"model_warmup [\n{samples}\n]\n"

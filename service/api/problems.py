@@ -19,12 +19,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.capacity import OverCapacityError
 from service.api.deps import UnauthorizedError
-from service.backends.base import BackendTimeoutError, BackendUnavailableError, ModelContractError
+from service.backends.base import BackendTimeoutError, BackendUnavailableError
 from service.errors import (
     CorruptDicomError,
     EmptyStudyError,
     HeadCTError,
     IngestError,
+    ModelContractError,
     NotDicomError,
     TruncatedDicomError,
     UnsupportedTransferSyntaxError,

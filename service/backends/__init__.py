@@ -6,8 +6,6 @@ from service.backends.base import (
     BackendTimeoutError,
     BackendUnavailableError,
     InferenceBackend,
-    ModelContractError,
-    ModelOutputs,
 )
 from service.settings import BackendKind, Settings
 
@@ -15,8 +13,6 @@ __all__ = [
     "BackendTimeoutError",
     "BackendUnavailableError",
     "InferenceBackend",
-    "ModelContractError",
-    "ModelOutputs",
     "create_backend",
 ]
 

@@ -12,19 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from service.backends.base import (
-    INPUT_NAME,
-    OUTPUT_NAMES,
-    BackendUnavailableError,
-    ModelContractError,
-    ModelOutputs,
-)
+from service.backends.base import BackendUnavailableError
+from service.contract import INPUT_DTYPE, INPUT_NAME, OUTPUT_NAMES, ModelOutputs, check_graph
+from service.errors import ModelContractError
 from service.model_card import CARD_FILENAME, CARD_METADATA_KEY, ModelCard
 
 MODEL_FILENAME = "model.onnx"
@@ -78,26 +73,6 @@ def choose_providers() -> list[str]:
     return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
 
 
-def check_graph(session: ort.InferenceSession, card: ModelCard) -> None:
-    """The input and output names, types and static dimensions the card promises."""
-    inputs = {i.name: i for i in session.get_inputs()}
-    if INPUT_NAME not in inputs:
-        raise ModelContractError(f"the model has no input {INPUT_NAME} (has {sorted(inputs)})")
-    volume = inputs[INPUT_NAME]
-    if volume.type != "tensor(int16)":
-        raise ModelContractError(f"{INPUT_NAME} is {volume.type}, not tensor(int16)")
-    grid = (card.grid.depth, card.grid.height, card.grid.width)
-    shape: list[Any] = list(volume.shape)
-    if len(shape) != 4 or any(
-        isinstance(dim, int) and dim != want for dim, want in zip(shape[1:], grid, strict=True)
-    ):
-        raise ModelContractError(f"{INPUT_NAME} has shape {shape}; the card's grid is [B, *{grid}]")
-    outputs = {o.name for o in session.get_outputs()}
-    missing = [n for n in OUTPUT_NAMES if n not in outputs]
-    if missing:
-        raise ModelContractError(f"the model has no output {', '.join(missing)}")
-
-
 class OnnxBackend:
     """An onnxruntime session over the model the settings name."""
 
@@ -126,7 +101,7 @@ class OnnxBackend:
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelContractError(f"onnxruntime cannot load {path}: {exc}") from None
         self._card = read_card(folder, self._session)
-        check_graph(self._session, self._card)
+        check_graph(self._session, self._card.grid.to_model_grid(), self._card.adapter.experts)
         if str(self._card.version) != folder.name:
             log.warning(
                 "model card version differs from its folder",
@@ -146,7 +121,7 @@ class OnnxBackend:
     def infer(self, volumes: np.ndarray) -> ModelOutputs:
         if self._closed.is_set():
             raise BackendUnavailableError("the onnx backend is closed")
-        batch = np.ascontiguousarray(volumes, dtype=np.int16)
+        batch = np.ascontiguousarray(volumes, dtype=INPUT_DTYPE)
         values = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
         return ModelOutputs.from_named(
             dict(zip(OUTPUT_NAMES, values, strict=True)), self._card, batch.shape[0]

@@ -24,14 +24,9 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from service.backends.base import (
-    INPUT_NAME,
-    OUTPUT_NAMES,
-    BackendTimeoutError,
-    BackendUnavailableError,
-    ModelContractError,
-    ModelOutputs,
-)
+from service.backends.base import BackendTimeoutError, BackendUnavailableError
+from service.contract import INPUT_DTYPE, INPUT_NAME, OUTPUT_NAMES, TRITON_TYPES, ModelOutputs
+from service.errors import ModelContractError
 from service.model_card import CARD_METADATA_KEY, ModelCard
 
 # What Triton answers (HTTP 503) when a request waited in its queue past the queue policy's timeout
@@ -131,8 +126,8 @@ class TritonBackend:
         import tritonclient.http as triton_http
 
         card = self.card
-        batch = np.ascontiguousarray(volumes, dtype=np.int16)
-        tensor = triton_http.InferInput(INPUT_NAME, list(batch.shape), "INT16")
+        batch = np.ascontiguousarray(volumes, dtype=INPUT_DTYPE)
+        tensor = triton_http.InferInput(INPUT_NAME, list(batch.shape), TRITON_TYPES[INPUT_DTYPE])
         tensor.set_data_from_numpy(batch, binary_data=True)
         wanted = [triton_http.InferRequestedOutput(n, binary_data=True) for n in OUTPUT_NAMES]
         try:

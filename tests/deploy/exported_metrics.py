@@ -87,7 +87,7 @@ def triton_exposition(scratch: Path) -> str:
     """Triton's ``/metrics`` (metrics port) with ``headct_molre_cpu`` loaded and run once."""
     import tritonclient.http as triton_http
 
-    from service.backends.base import INPUT_NAME
+    from service.contract import INPUT_NAME
     from testing.onnx_fixture import write_fixture_repository
     from testing.triton_local import triton_server
     from training.repository import publish

@@ -13,7 +13,8 @@ import pytest
 
 from service.api.deps import get_backend
 from service.app import create_app
-from service.backends.base import InferenceBackend, ModelOutputs
+from service.backends.base import InferenceBackend
+from service.contract import ModelOutputs
 from service.model_card import ModelCard
 from service.settings import Settings
 from tests.gateway.studies import multipart_files

@@ -19,7 +19,8 @@ from pydicom.encaps import encapsulate
 
 from service.api.deps import get_backend
 from service.api.problems import ERROR_CODES, status_of
-from service.backends.base import BackendUnavailableError, ModelOutputs
+from service.backends.base import BackendUnavailableError
+from service.contract import ModelOutputs
 from service.errors import HeadCTError
 from service.model_card import ModelCard
 

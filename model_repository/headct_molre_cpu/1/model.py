@@ -9,6 +9,10 @@ The dynamic batcher hands ``execute`` several requests at once: their volumes ru
 and each request gets exactly one response. A request that cannot run (missing input, wrong type
 or shape) gets a ``TritonError`` of its own; if the joint batch fails, each request is run alone,
 so one bad study never fails the others.
+
+Triton loads this file alone, so it cannot import the gateway's ``service.contract``: it spells the
+input's name and type again, and ``tests/test_triton.py`` holds them equal to the contract's. The
+outputs' names and types come from the config, which the export step renders from the contract.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 INPUT_NAME = "CT_VOLUME"
+INPUT_DTYPE = np.int16  # HU
 
 
 def _parameters(config: dict[str, Any]) -> dict[str, str]:
@@ -69,7 +74,7 @@ class TritonPythonModel:
         if tensor is None:
             raise ValueError(f"the request has no input {INPUT_NAME}")
         volume = tensor.as_numpy()
-        if volume.dtype != np.int16:
+        if volume.dtype != INPUT_DTYPE:
             raise ValueError(f"{INPUT_NAME} must be INT16 HU, not {volume.dtype}")
         if volume.ndim != 4 or tuple(volume.shape[1:]) != self.sample_shape or not volume.shape[0]:
             raise ValueError(

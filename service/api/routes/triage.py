@@ -24,7 +24,8 @@ from service.api.deps import (
     read_card,
 )
 from service.api.problems import log_unexpected
-from service.backends.base import BackendTimeoutError, InferenceBackend, ModelOutputs
+from service.backends.base import BackendTimeoutError, InferenceBackend
+from service.contract import ModelOutputs
 from service.errors import CorruptDicomError, HeadCTError
 from service.ingest import IngestResult, ingest_study
 from service.metrics import GatewayMetrics
