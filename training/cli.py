@@ -67,6 +67,7 @@ def synth(
     ] = 1.0,
 ) -> None:
     """Write SYNTHETIC head CT studies (DICOM phantoms, no patients) with labels and annotations."""
+    from service.text import counted
     from synth import SynthOptions, synthesize
 
     options = SynthOptions(
@@ -80,7 +81,9 @@ def synth(
         prevalence_scale=prevalence_scale,
     )
     labels = synthesize(out, studies=studies, seed=seed, options=options)
-    typer.echo(f"wrote {studies} synthetic studies; labels in {labels}")
+    typer.echo(
+        f"wrote {counted(studies, 'synthetic study', 'synthetic studies')}; labels in {labels}"
+    )
 
 
 @app.command()
