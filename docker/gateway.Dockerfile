@@ -13,11 +13,11 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY service/ service/
-COPY training/ training/
-# The core dependencies only: the `train` extra (torch) is never installed here. `training/` is
-# copied because the `headct` command lives in training.cli, which imports torch lazily.
+# The serving package and its core dependencies only: no `training/` (the `headct` command lives
+# in service.cli and lists the training commands only where the training package is installed)
+# and never the `train` extra (torch). tests/deploy/test_wheel.py builds and serves exactly this.
 RUN /opt/venv/bin/pip install --upgrade pip \
     && /opt/venv/bin/pip install . \
     && ! /opt/venv/bin/python -c "import torch" 2>/dev/null

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service.api.capacity import StudyLimiter
 from service.api.deps import read_card
@@ -67,7 +68,9 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             app.state.backend = None
             backend.close()
 
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc load their scripts, styles and icon from the package, not from
+    # a CDN: hospital networks often have no internet, and a CDN would see who reads the docs.
+    app = FastAPIOffline(
         title="headct-triage gateway",
         version="0.1.0",
         description=DESCRIPTION,

@@ -1,13 +1,16 @@
-"""The serving side of the ``headct`` command line: ``inspect``, ``serve`` and ``triage``.
-``training.cli`` adds the training commands to the same app. Heavy imports (onnxruntime, uvicorn,
-httpx2) happen inside the commands that need them."""
+"""The ``headct`` command line. The serving commands (``inspect``, ``serve``, ``triage``) live here;
+``main``, the console script, adds the training commands (``training.cli``) when the training
+package is importable, so a gateway-only install (the gateway image has no ``training/``) still
+has a complete ``headct``. Heavy imports (onnxruntime, uvicorn, httpx2) happen inside the commands
+that need them."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -16,6 +19,9 @@ from service.ingest import ingest_study
 from service.preprocess import ModelGrid
 from service.series import SelectionRules
 
+if TYPE_CHECKING:
+    from service.backends import InferenceBackend
+
 app = typer.Typer(
     name="headct",
     help="Head CT triage with a Mixture of Low-Rank Experts. The bundled demo model is trained "
@@ -23,6 +29,33 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+NO_TRAINING_COMMANDS = (
+    "This install has the serving commands only. The training commands (synth, train, evaluate, "
+    "export, ...) come with the training package, which the gateway image leaves out: install "
+    "headct-triage from a source checkout with its train extra, pip install -e '.[train]'."
+)
+
+
+def add_training_commands() -> bool:
+    """Register the training commands on ``app`` (importing ``training.cli`` does); False when
+    the training package is not installed. By name: ``service`` does not depend on ``training``."""
+    try:
+        importlib.import_module("training.cli")
+    except ModuleNotFoundError as exc:
+        if exc.name != "training":
+            raise
+        return False
+    return True
+
+
+def main() -> None:
+    """The ``headct`` console script."""
+    if not add_training_commands():
+        from rich.markup import escape  # typer renders help as rich markup: keep "[train]"
+
+        app.info.epilog = escape(NO_TRAINING_COMMANDS)
+    app()
 
 
 def _print_json(payload: dict[str, Any]) -> None:
@@ -34,20 +67,38 @@ def inspect(
     paths: Annotated[
         list[Path], typer.Argument(help="A study folder, DICOM files, or a zip of a study.")
     ],
-    depth: Annotated[int, typer.Option(help="Slices of the model grid.")] = 32,
-    height: Annotated[int, typer.Option(help="Rows of the model grid.")] = 256,
-    width: Annotated[int, typer.Option(help="Columns of the model grid.")] = 256,
+    depth: Annotated[
+        int | None, typer.Option(help="Slices of the model grid; default: the model card's.")
+    ] = None,
+    height: Annotated[
+        int | None, typer.Option(help="Rows of the model grid; default: the model card's.")
+    ] = None,
+    width: Annotated[
+        int | None, typer.Option(help="Columns of the model grid; default: the model card's.")
+    ] = None,
     fov_mm: Annotated[
-        float | None, typer.Option(help="In-plane field of view; default: the image's own.")
+        float | None,
+        typer.Option(help="In-plane field of view; default: the model card's, else the image's."),
+    ] = None,
+    model_repository: Annotated[
+        Path | None,
+        typer.Option(help="Whose model card gives the grid; default HEADCT_MODEL_REPOSITORY."),
     ] = None,
     min_slices: Annotated[int, typer.Option(help="Fewest slices a series may have.")] = 16,
     target_thickness_mm: Annotated[float, typer.Option(help="Preferred slice thickness.")] = 5.0,
 ) -> None:
     """Show the series of a study, the one chosen for triage and why, and the resulting grid.
 
-    Prints JSON. Exits 2 with the error (its code and reasons per series) if the study is not a
-    usable head CT.
+    The grid is the served model's (its card), each option given replacing its part; with all of
+    --depth, --height and --width no model is read. Prints JSON. Exits 2 with the error (its code
+    and reasons per series) if the study is not a usable head CT.
     """
+    if depth is None or height is None or width is None:
+        card_grid = _card_grid(model_repository)
+        depth = card_grid.depth if depth is None else depth
+        height = card_grid.height if height is None else height
+        width = card_grid.width if width is None else width
+        fov_mm = card_grid.fov_mm if fov_mm is None else fov_mm
     try:
         grid = ModelGrid(depth=depth, height=height, width=width, fov_mm=fov_mm)
         rules = SelectionRules(min_slices=min_slices, target_thickness_mm=target_thickness_mm)
@@ -59,6 +110,15 @@ def inspect(
         _print_json({"error": exc.to_dict()})
         raise typer.Exit(code=2) from None
     _print_json(result.describe())
+
+
+def _card_grid(model_repository: Path | None) -> ModelGrid:
+    """The grid on the card of the model the settings (and ``model_repository``) name."""
+    backend = _local_backend(model_repository)
+    try:
+        return backend.card.grid.to_model_grid()
+    finally:
+        backend.close()
 
 
 def _settings(**overrides: Any) -> Any:
@@ -76,6 +136,19 @@ def _settings(**overrides: Any) -> Any:
         raise typer.Exit(code=2) from None
 
 
+def _local_backend(model_repository: Path | None) -> InferenceBackend:
+    """The embedded (onnx) backend over the model the settings name; exits 1 saying why not."""
+    from service.backends import create_backend
+    from service.errors import HeadCTError
+
+    settings = _settings(model_repository=model_repository, backend="onnx")
+    try:
+        return create_backend(settings)
+    except HeadCTError as exc:
+        sys.stderr.write(f"cannot load the model: {exc.message}\n")
+        raise typer.Exit(code=1) from None
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
@@ -91,11 +164,11 @@ def serve(
     ] = None,
 ) -> None:
     """Run the gateway (uvicorn). Other settings come from HEADCT_* environment variables."""
+    settings = _settings(backend=backend, model_repository=model_repository, triton_url=triton_url)
     import uvicorn
 
     from service.app import create_app
 
-    settings = _settings(backend=backend, model_repository=model_repository, triton_url=triton_url)
     uvicorn.run(
         lambda: create_app(settings),
         factory=True,
@@ -221,16 +294,10 @@ def _study_files(path: Path) -> list[Path]:
 def _triage_local(paths: list[Path], model_repository: Path | None) -> tuple[int, dict[str, Any]]:
     import time
 
-    from service.backends import create_backend
     from service.errors import HeadCTError
     from service.postprocess import timed_result
 
-    settings = _settings(model_repository=model_repository, backend="onnx")
-    try:
-        backend = create_backend(settings)
-    except HeadCTError as exc:
-        sys.stderr.write(f"cannot load the model: {exc.message}\n")
-        raise typer.Exit(code=1) from None
+    backend = _local_backend(model_repository)
     try:
         card = backend.card
         started = time.perf_counter()
@@ -249,4 +316,8 @@ def _triage_local(paths: list[Path], model_repository: Path | None) -> tuple[int
 
 
 if __name__ == "__main__":
-    app()
+    # ``python -m service.cli`` runs this file as ``__main__``: run the importable module's app,
+    # the one ``training.cli`` registers its commands on.
+    from service.cli import main as _main
+
+    _main()

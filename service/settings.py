@@ -14,8 +14,9 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+# The demo model's repository in a source checkout (and an editable install of one). An installed
+# wheel does not ship it: there ``HEADCT_MODEL_REPOSITORY`` must name a model repository.
+DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 MIB = 1024 * 1024
 
 
@@ -44,7 +45,8 @@ class Settings(BaseSettings):
     )
     model_repository: Path = Field(
         DEFAULT_MODEL_REPOSITORY,
-        description="Triton-layout repository: <name>/<version>/model.onnx and model_card.json.",
+        description="Triton-layout repository: <name>/<version>/model.onnx and model_card.json. "
+        "Unset: a source checkout's model_repository/ (the demo model); a wheel ships none.",
     )
     model_name: str = Field("headct_molre", min_length=1, description="Model folder / Triton name.")
     model_version: int | None = Field(
@@ -111,6 +113,13 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_paths(self) -> Settings:
         if self.backend is BackendKind.ONNX and not self.model_repository.is_dir():
+            if "model_repository" not in self.model_fields_set:
+                raise ValueError(
+                    "HEADCT_MODEL_REPOSITORY is not set and this is not a source checkout (an "
+                    "installed package ships no model): set HEADCT_MODEL_REPOSITORY (or "
+                    "--model-repository) to a model repository holding "
+                    "<model_name>/<version>/model.onnx"
+                )
             raise ValueError(
                 f"HEADCT_MODEL_REPOSITORY {str(self.model_repository)!r} is not a folder; point it "
                 "at a model repository holding <model_name>/<version>/model.onnx"

@@ -321,3 +321,16 @@ def test_synthesize_writes_labels_and_annotations_deterministically(tmp_path: Pa
         }
 
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
+
+
+def test_synth_command_counts_in_english(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    args = ["synth", "--out", str(tmp_path), "--slices", "4", "--matrix", "64", "--studies"]
+    one = CliRunner().invoke(app, [*args, "1"])
+    assert one.exit_code == 0, one.output
+    assert one.output.startswith("wrote 1 synthetic study;")
+    two = CliRunner().invoke(app, [*args, "2", "--seed", "1"])
+    assert two.output.startswith("wrote 2 synthetic studies;")

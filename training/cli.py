@@ -1,4 +1,5 @@
-"""The ``headct`` command line: the serving commands from ``service.cli`` plus the offline ones.
+"""The training commands of ``headct``, registered on ``service.cli``'s app when this module is
+imported (``service.cli.main``, the console script, does so when the training package is installed).
 
 Training commands import their heavy dependencies when they run, so ``headct inspect`` and
 ``headct serve`` stay fast and work on a gateway install without torch.
@@ -67,6 +68,7 @@ def synth(
     ] = 1.0,
 ) -> None:
     """Write SYNTHETIC head CT studies (DICOM phantoms, no patients) with labels and annotations."""
+    from service.text import counted
     from synth import SynthOptions, synthesize
 
     options = SynthOptions(
@@ -80,7 +82,9 @@ def synth(
         prevalence_scale=prevalence_scale,
     )
     labels = synthesize(out, studies=studies, seed=seed, options=options)
-    typer.echo(f"wrote {studies} synthetic studies; labels in {labels}")
+    typer.echo(
+        f"wrote {counted(studies, 'synthetic study', 'synthetic studies')}; labels in {labels}"
+    )
 
 
 @app.command()
@@ -258,10 +262,6 @@ def export(
     typer.echo(json.dumps(summary, indent=2))
 
 
-if __name__ == "__main__":
-    app()
-
-
 @app.command()
 def pretrain(
     out: Annotated[Path, typer.Option(help="Run folder; run again to resume from last.pt.")],
@@ -331,3 +331,7 @@ def ceiling(
     summary = run_ceiling(ceiling_config(out, steps, workers=workers, threads=threads))
     typer.echo((out / "ceiling.md").read_text())
     typer.echo(f"weak findings: {summary['weak_findings']}")
+
+
+if __name__ == "__main__":
+    app()

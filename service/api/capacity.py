@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 import anyio
 
 from service.errors import HeadCTError
+from service.text import counted
 
 
 class OverCapacityError(HeadCTError):
@@ -50,7 +51,8 @@ class StudyLimiter:
     async def admit(self) -> AsyncIterator[None]:
         if self.admitted >= self.capacity:
             raise OverCapacityError(
-                f"The gateway is busy ({self.running} studies running, {self.queued} waiting); "
+                f"The gateway is busy ({counted(self.running, 'study', 'studies')} running, "
+                f"{self.queued} waiting); "
                 "retry later.",
                 retry_after=self.retry_after_s(),
             )

@@ -121,6 +121,26 @@ def test_gateway_image(target: str) -> None:
     assert ("model_repository" in copies) == (target == "embedded")
 
 
+def test_gateway_image_builds_the_serving_package_alone() -> None:
+    """No training/: `headct` lives in service.cli (tests/deploy/test_wheel.py installs exactly
+    this build and runs it)."""
+    build = stages(DOCKER / "gateway.Dockerfile")["build"]
+    sources = {s.rstrip("/") for i in build.all("COPY") for s in copy_sources(i)}
+    assert "service" in sources and "training" not in sources
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_package_builds_get_the_files_pyproject_names(dockerfile: Path) -> None:
+    """Wherever pyproject.toml is copied, so are its readme and license files: setuptools needs
+    the readme, and warns (from 2027 fails) on a license file it cannot find."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    named = {project["readme"], *project["license-files"]}
+    for stage in stages(dockerfile).values():
+        copied = {s for i in stage.all("COPY") for s in copy_sources(i)}
+        if "pyproject.toml" in copied:
+            assert named <= copied, f"{dockerfile.name}: copies pyproject.toml without {named}"
+
+
 @pytest.mark.parametrize(
     ("image", "manifest"),
     [

@@ -76,6 +76,7 @@ async def test_over_capacity_is_429_while_probes_answer(
                 refused = await client.post("/v1/triage", files=files)
                 assert refused.status_code == 429
                 assert refused.json()["code"] == "over_capacity"
+                assert "(1 study running, 1 waiting)" in refused.json()["detail"]
                 assert int(refused.headers["retry-after"]) >= 1
                 # the event loop is free: probes and metrics answer during saturation
                 assert (await client.get("/healthz")).status_code == 200

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
@@ -19,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli import app as cli
+from testing.gateway_process import GatewayProcess, gateway_process
 from testing.onnx_fixture import FixtureModel
 from tests.gateway.conftest import PATIENT
 from tests.gateway.studies import multipart_files
@@ -26,67 +23,25 @@ from tests.gateway.studies import multipart_files
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(
     fixture_model: FixtureModel, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "stderr.log"
+) -> Iterator[GatewayProcess]:
     env = {
         **os.environ,
         "HEADCT_ONNX_INTRA_OP_THREADS": "1",
         "HEADCT_LOG_LEVEL": "DEBUG",
         "PYTHONPATH": str(ROOT),
     }
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service.cli",
-                "serve",
-                "--port",
-                str(port),
-                "--model-repository",
-                str(fixture_model.repository),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx2.get(url + "/readyz", timeout=1).status_code == 200:
-                break
-        except httpx2.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the server did not start:\n{log.read_text()}")
-        time.sleep(0.1)
-    yield Server(url, process, log)
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=15)
+    command = [sys.executable, "-m", "service.cli", "serve"]
+    command += ["--model-repository", str(fixture_model.repository)]
+    log = tmp_path_factory.mktemp("server") / "stderr.log"
+    with gateway_process(command, log=log, env=env, cwd=ROOT) as server:
+        yield server
 
 
 def test_real_server_triage_and_logs(
-    server: Server, phi_study: list[Path], study: list[Path], fixture_model: FixtureModel
+    server: GatewayProcess, phi_study: list[Path], study: list[Path], fixture_model: FixtureModel
 ) -> None:
     response = httpx2.post(
         server.url + "/v1/triage",
@@ -124,7 +79,7 @@ def test_real_server_triage_and_logs(
         assert secret not in text and secret not in metrics
 
 
-def test_cli_triage_against_the_server(server: Server, study: list[Path]) -> None:
+def test_cli_triage_against_the_server(server: GatewayProcess, study: list[Path]) -> None:
     result = CliRunner().invoke(
         cli, ["triage", str(study[0].parent), "--url", server.url, "--json"]
     )
@@ -138,7 +93,7 @@ def test_cli_triage_against_the_server(server: Server, study: list[Path]) -> Non
 
 
 def test_cli_triage_reports_a_problem(
-    server: Server, study: list[Path], fixture_model: FixtureModel
+    server: GatewayProcess, study: list[Path], fixture_model: FixtureModel
 ) -> None:
     remote = CliRunner().invoke(cli, ["triage", str(study[0]), "--url", server.url])
     assert remote.exit_code == 2
