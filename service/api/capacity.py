@@ -16,13 +16,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from service.errors import HeadCTError
-
-
-class OverCapacityError(HeadCTError):
-    """Every worker is busy and the wait queue is full."""
-
-    code = "over_capacity"
+from service.errors import OverCapacityError
 
 
 class StudyLimiter:

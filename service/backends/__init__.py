@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-from service.backends.base import (
-    BackendTimeoutError,
-    BackendUnavailableError,
-    InferenceBackend,
-    ModelContractError,
-    ModelOutputs,
-)
+from service.backends.base import InferenceBackend, ModelOutputs
 from service.settings import BackendKind, Settings
 
-__all__ = [
-    "BackendTimeoutError",
-    "BackendUnavailableError",
-    "InferenceBackend",
-    "ModelContractError",
-    "ModelOutputs",
-    "create_backend",
-]
+__all__ = ["InferenceBackend", "ModelOutputs", "create_backend"]
 
 
 def create_backend(settings: Settings) -> InferenceBackend:

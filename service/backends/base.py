@@ -13,29 +13,11 @@ from typing import Protocol
 
 import numpy as np
 
-from service.errors import HeadCTError
+from service.errors import ModelContractError
 from service.model_card import ModelCard
 
 INPUT_NAME = "CT_VOLUME"
 OUTPUT_NAMES = ("PROBABILITIES", "ROUTER_WEIGHTS", "SLICE_ROUTER_WEIGHTS", "SLICE_ATTENTION")
-
-
-class BackendUnavailableError(HeadCTError):
-    """The model cannot be run now (not loaded, server down, model not ready)."""
-
-    code = "backend_unavailable"
-
-
-class BackendTimeoutError(HeadCTError):
-    """The backend did not answer within the deadline."""
-
-    code = "backend_timeout"
-
-
-class ModelContractError(HeadCTError):
-    """The model's tensors do not match the contract its card promises: a deployment error."""
-
-    code = "model_contract"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,13 +18,8 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from service.backends.base import (
-    INPUT_NAME,
-    OUTPUT_NAMES,
-    BackendUnavailableError,
-    ModelContractError,
-    ModelOutputs,
-)
+from service.backends.base import INPUT_NAME, OUTPUT_NAMES, ModelOutputs
+from service.errors import BackendUnavailableError, ModelContractError
 from service.model_card import CARD_FILENAME, CARD_METADATA_KEY, ModelCard
 
 MODEL_FILENAME = "model.onnx"

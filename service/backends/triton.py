@@ -24,14 +24,8 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from service.backends.base import (
-    INPUT_NAME,
-    OUTPUT_NAMES,
-    BackendTimeoutError,
-    BackendUnavailableError,
-    ModelContractError,
-    ModelOutputs,
-)
+from service.backends.base import INPUT_NAME, OUTPUT_NAMES, ModelOutputs
+from service.errors import BackendTimeoutError, BackendUnavailableError, ModelContractError
 from service.model_card import CARD_METADATA_KEY, ModelCard
 
 # What Triton answers (HTTP 503) when a request waited in its queue past the queue policy's timeout
