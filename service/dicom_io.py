@@ -5,6 +5,10 @@ Every way a file can fail to be DICOM ends here as a specific :class:`IngestErro
 this module sees raw bytes. Files on disk are read one at a time as they are reached, so a study
 is held once, as datasets. Archives are read entry by entry and never extracted, so entry names
 cannot escape anywhere (the gateway adds its own limits on sizes before calling this).
+
+A file that is not DICOM at all (a ``notes.txt``, a JPEG, a PDF report exported beside the images)
+is left out with a warning when the rest of the study is DICOM; a file that claims to be DICOM
+(the ``DICM`` marker) but cannot be read is a damaged part of the study and stops it.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import io
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pydicom
@@ -50,6 +54,14 @@ class StudyFile:
 class LoadedFile:
     name: str
     dataset: Dataset
+
+
+@dataclass
+class LoadedStudy:
+    """The DICOM instances of a study, and a warning for each file left out as not DICOM."""
+
+    files: list[LoadedFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _ignored_entry(name: str) -> bool:
@@ -185,21 +197,39 @@ def _looks_like_dicom(ds: Dataset) -> bool:
     return len(keys & identifying) >= 2 and all(k.group >= 0x0002 for k in keys)
 
 
-def load_study(sources: Iterable[StudySource]) -> list[LoadedFile]:
-    """Read every file of a study; DICOMDIR indexes are skipped. Raises on the first bad file."""
-    loaded: list[LoadedFile] = []
+def _claims_dicom(file: StudyFile) -> bool:
+    """The Part 10 marker after the 128-byte preamble: the file says it is DICOM."""
+    return file.data[128:132] == b"DICM"
+
+
+def load_study(sources: Iterable[StudySource]) -> LoadedStudy:
+    """Read every file of a study. DICOMDIR indexes are skipped; files that are not DICOM at all
+    are skipped with a warning while something else is DICOM. Raises on the first damaged file."""
+    study = LoadedStudy()
+    strays: list[NotDicomError] = []
     for source in sources:
         if isinstance(source, tuple):
             name, content = source
             if isinstance(content, Dataset):
                 if not is_dicomdir(content):
-                    loaded.append(LoadedFile(name, content))
+                    study.files.append(LoadedFile(name, content))
                 continue
             source = (name, content)
         for file in iter_study_files([source]):
-            ds = read_dataset(file)
+            try:
+                ds = read_dataset(file)
+            except NotDicomError as exc:
+                if _claims_dicom(file):
+                    raise
+                strays.append(exc)
+                study.warnings.append(f"skipped {file.name}: not DICOM")
+                continue
             if not is_dicomdir(ds):
-                loaded.append(LoadedFile(file.name, ds))
-    if not loaded:
+                study.files.append(LoadedFile(file.name, ds))
+    if not study.files:
+        if len(strays) == 1:
+            raise strays[0]
+        if strays:
+            raise NotDicomError(f"None of the {len(strays)} files is DICOM.")
         raise EmptyStudyError("The upload holds no DICOM files.")
-    return loaded
+    return study

@@ -101,7 +101,7 @@ def test_a_spooled_upload_is_held_once(tmp_path: Path) -> None:
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    assert len(study) == len(files)
+    assert len(study.files) == len(files)
     assert peak < 1.5 * size, f"reading the study peaked at {peak / size:.2f}x its size"
 
 
