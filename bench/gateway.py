@@ -1,8 +1,9 @@
 """Gateway overhead and throughput: a 32-slice 256x256 synthetic head CT, embedded ONNX backend.
 
 (a) latency: p50/p95 of ``POST /v1/triage`` (multipart, 32 files) against a real ``headct serve``
-    (uvicorn) subprocess, interleaved with (b) the same study through ``ingest_study`` +
-    onnxruntime in this process. (a)/(b) at the median is the gateway's overhead; target <= 1.25x.
+    (uvicorn) subprocess, interleaved with (b) the same study through the triage pipeline the
+    gateway runs (``service.pipeline``: ingest, onnxruntime, postprocess) in this process.
+    (a)/(b) at the median is the gateway's overhead; target <= 1.25x.
 (c) throughput with 1, 4 and 16 concurrent clients; under 16 no request may fail except with 429,
     and the server's RSS is sampled throughout to show it stays bounded.
 (d) the same throughput levels for a gateway with the Triton backend (``HEADCT_BACKEND=triton``)
@@ -39,7 +40,7 @@ import psutil
 
 from bench.common import interleaved, median, write_result
 from service.backends.onnx import OnnxBackend
-from service.ingest import ingest_study
+from service.pipeline import TriagePipeline
 from service.settings import DEFAULT_MODEL_REPOSITORY
 from synth import SynthOptions, generate_study, write_study
 
@@ -262,10 +263,10 @@ def main() -> None:
 
         backend = OnnxBackend(repository / MODEL)
         grid = backend.card.grid.to_model_grid()
+        pipeline = TriagePipeline(backend)
 
         def in_process() -> None:
-            result = ingest_study(files, grid=grid)
-            backend.infer(result.volume.hu[None])
+            pipeline.run(files)
 
         port = _free_port()
         server = _start_server(repository, port)

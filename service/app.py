@@ -19,7 +19,8 @@ from service.api.deps import read_card
 from service.api.middleware import RequestContextMiddleware
 from service.api.problems import ERROR_CODES, install_problem_handlers
 from service.api.routes import health, metrics, model, triage
-from service.backends import BackendTimeoutError, BackendUnavailableError, create_backend
+from service.backends import create_backend
+from service.errors import BackendTimeoutError, BackendUnavailableError
 from service.log_config import configure_logging, silence_header_warnings
 from service.metrics import GatewayMetrics
 from service.model_card import NOT_FOR_CLINICAL_USE

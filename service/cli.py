@@ -292,27 +292,17 @@ def _study_files(path: Path) -> list[Path]:
 
 
 def _triage_local(paths: list[Path], model_repository: Path | None) -> tuple[int, dict[str, Any]]:
-    import time
-
     from service.errors import HeadCTError
-    from service.postprocess import timed_result
+    from service.pipeline import TriagePipeline
 
     backend = _local_backend(model_repository)
     try:
-        card = backend.card
-        started = time.perf_counter()
-        result = ingest_study(paths, grid=card.grid.to_model_grid())
-        inferring = time.perf_counter()
-        outputs = backend.infer(result.volume.hu[None])
-        inferred = time.perf_counter()
+        result = TriagePipeline(backend).run(paths)
     except HeadCTError as exc:
         return 422, exc.to_dict()
     finally:
         backend.close()
-    triaged = timed_result(
-        card, result, outputs, started=started, inferring=inferring, inferred=inferred
-    )
-    return 200, triaged.model_dump(mode="json")
+    return 200, result.model_dump(mode="json")
 
 
 if __name__ == "__main__":

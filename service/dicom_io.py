@@ -1,8 +1,14 @@
-"""Reading a study's files (folders, single files, zip archives or bytes) into pydicom datasets.
+"""Reading a study's files (folders, single files, zip archives, bytes or parsed datasets) into
+pydicom datasets.
 
 Every way a file can fail to be DICOM ends here as a specific :class:`IngestError`; nothing below
-this module sees raw bytes. Archives are read in memory and never extracted, so entry names cannot
-escape anywhere (the gateway adds its own limits on sizes before calling this).
+this module sees raw bytes. Files on disk are read one at a time as they are reached, so a study
+is held once, as datasets. Archives are read entry by entry and never extracted, so entry names
+cannot escape anywhere (the gateway adds its own limits on sizes before calling this).
+
+A file that is not DICOM at all (a ``notes.txt``, a JPEG, a PDF report exported beside the images)
+is left out with a warning when the rest of the study is DICOM; a file that claims to be DICOM
+(the ``DICM`` marker) but cannot be read is a damaged part of the study and stops it.
 """
 
 from __future__ import annotations
@@ -11,11 +17,11 @@ import io
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pydicom
-from pydicom.dataset import FileDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
@@ -28,7 +34,12 @@ DEFLATED_UID = "1.2.840.10008.1.2.1.99"
 MAX_INFLATED_BYTES = 512 * 1024 * 1024
 MAX_INFLATE_RATIO = 50
 
-StudySource = Path | str | bytes | tuple[str, bytes]
+# A file, folder or zip on disk (named by its file name); one file or zip in memory ("upload"); or
+# a named file or zip in memory or on disk (spooled uploads, stored instances). The name is what
+# messages and warnings call the file.
+FileSource = Path | str | bytes | tuple[str, bytes | Path]
+# ... or a named dataset already parsed (a DIMSE listener's).
+StudySource = FileSource | tuple[str, Dataset]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +53,15 @@ class StudyFile:
 @dataclass(frozen=True, slots=True)
 class LoadedFile:
     name: str
-    dataset: FileDataset
+    dataset: Dataset
+
+
+@dataclass
+class LoadedStudy:
+    """The DICOM instances of a study, and a warning for each file left out as not DICOM."""
+
+    files: list[LoadedFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _ignored_entry(name: str) -> bool:
@@ -55,10 +74,10 @@ def is_zip(data: bytes) -> bool:
     return data[:4] in (b"PK\x03\x04", b"PK\x05\x06")
 
 
-def _zip_entries(name: str, data: bytes) -> Iterator[StudyFile]:
+def _zip_entries(name: str, archive_file: bytes | Path) -> Iterator[StudyFile]:
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        with archive:
+        handle = io.BytesIO(archive_file) if isinstance(archive_file, bytes) else archive_file
+        with zipfile.ZipFile(handle) as archive:
             for info in archive.infolist():
                 if info.is_dir() or _ignored_entry(info.filename):
                     continue
@@ -67,28 +86,39 @@ def _zip_entries(name: str, data: bytes) -> Iterator[StudyFile]:
         raise CorruptDicomError(f"{name} is a damaged or unsupported zip ({exc}).") from None
 
 
-def iter_study_files(sources: Iterable[StudySource]) -> Iterator[StudyFile]:
+def _file_entries(name: str, content: bytes | Path) -> Iterator[StudyFile]:
+    """One file (read now, if on disk), or the entries of a zip (read one by one)."""
+    if isinstance(content, bytes):
+        head = content[:4]
+    else:
+        with content.open("rb") as handle:
+            head = handle.read(4)
+    if is_zip(head):
+        yield from _zip_entries(name, content)
+    else:
+        yield StudyFile(name, content if isinstance(content, bytes) else content.read_bytes())
+
+
+def iter_study_files(sources: Iterable[FileSource]) -> Iterator[StudyFile]:
     """Expand folders (recursively) and zip archives into the individual files of a study."""
     for source in sources:
         if isinstance(source, tuple):
-            name, data = source
+            name, content = source
         elif isinstance(source, bytes):
-            name, data = "upload", source
+            name, content = "upload", source
         else:
-            path = Path(source)
-            if path.is_dir():
-                children = sorted(p for p in path.rglob("*") if p.is_file())
+            content = Path(source)
+            name = content.name
+        if isinstance(content, Path):
+            if content.is_dir():
+                children = sorted(p for p in content.rglob("*") if p.is_file())
                 yield from iter_study_files(
-                    p for p in children if not _ignored_entry(str(p.relative_to(path)))
+                    p for p in children if not _ignored_entry(str(p.relative_to(content)))
                 )
                 continue
-            if not path.is_file():
-                raise NotDicomError(f"{path.name} does not exist or is not a file.")
-            name, data = path.name, path.read_bytes()
-        if is_zip(data):
-            yield from _zip_entries(name, data)
-        else:
-            yield StudyFile(name, data)
+            if not content.is_file():
+                raise NotDicomError(f"{name} does not exist or is not a file.")
+        yield from _file_entries(name, content)
 
 
 def check_inflated_size(file: StudyFile) -> None:
@@ -120,7 +150,7 @@ def check_inflated_size(file: StudyFile) -> None:
         )
 
 
-def read_dataset(file: StudyFile) -> FileDataset:
+def read_dataset(file: StudyFile) -> Dataset:
     """Parse one file. Files without the 128-byte preamble are accepted if they parse as DICOM."""
     if len(file.data) == 0:
         raise NotDicomError(f"{file.name} is empty.")
@@ -141,10 +171,13 @@ def read_dataset(file: StudyFile) -> FileDataset:
         raise NotDicomError(
             f"{file.name} could not be parsed as DICOM ({type(exc).__name__})."
         ) from None
+    # pydicom keeps the buffer it read from, for deferred reads (none here: every value is read
+    # at once). Let it go, or each file would be held twice, as its bytes and as its values.
+    ds.buffer = None
     return ds
 
 
-def is_dicomdir(ds: FileDataset) -> bool:
+def is_dicomdir(ds: Dataset) -> bool:
     """A Media Storage Directory (DICOMDIR): an index of a file set, not an image."""
     meta = getattr(ds, "file_meta", None)
     sop_class = str(getattr(meta, "MediaStorageSOPClassUID", "") or "")
@@ -154,7 +187,7 @@ def is_dicomdir(ds: FileDataset) -> bool:
         return False
 
 
-def _looks_like_dicom(ds: FileDataset) -> bool:
+def _looks_like_dicom(ds: Dataset) -> bool:
     """A forced parse of arbitrary bytes often 'succeeds'; require real identifying tags."""
     try:
         keys = set(ds.keys())
@@ -164,14 +197,39 @@ def _looks_like_dicom(ds: FileDataset) -> bool:
     return len(keys & identifying) >= 2 and all(k.group >= 0x0002 for k in keys)
 
 
-def load_study(sources: Iterable[StudySource]) -> list[LoadedFile]:
-    """Read every file of a study; DICOMDIR indexes are skipped. Raises on the first bad file."""
-    loaded: list[LoadedFile] = []
-    for file in iter_study_files(sources):
-        ds = read_dataset(file)
-        if is_dicomdir(ds):
-            continue
-        loaded.append(LoadedFile(file.name, ds))
-    if not loaded:
+def _claims_dicom(file: StudyFile) -> bool:
+    """The Part 10 marker after the 128-byte preamble: the file says it is DICOM."""
+    return file.data[128:132] == b"DICM"
+
+
+def load_study(sources: Iterable[StudySource]) -> LoadedStudy:
+    """Read every file of a study. DICOMDIR indexes are skipped; files that are not DICOM at all
+    are skipped with a warning while something else is DICOM. Raises on the first damaged file."""
+    study = LoadedStudy()
+    strays: list[NotDicomError] = []
+    for source in sources:
+        if isinstance(source, tuple):
+            name, content = source
+            if isinstance(content, Dataset):
+                if not is_dicomdir(content):
+                    study.files.append(LoadedFile(name, content))
+                continue
+            source = (name, content)
+        for file in iter_study_files([source]):
+            try:
+                ds = read_dataset(file)
+            except NotDicomError as exc:
+                if _claims_dicom(file):
+                    raise
+                strays.append(exc)
+                study.warnings.append(f"skipped {file.name}: not DICOM")
+                continue
+            if not is_dicomdir(ds):
+                study.files.append(LoadedFile(file.name, ds))
+    if not study.files:
+        if len(strays) == 1:
+            raise strays[0]
+        if strays:
+            raise NotDicomError(f"None of the {len(strays)} files is DICOM.")
         raise EmptyStudyError("The upload holds no DICOM files.")
-    return loaded
+    return study

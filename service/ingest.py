@@ -24,17 +24,21 @@ class IngestResult:
     stack: SliceStack
     reports: list[SeriesReport]
     timing_ms: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # files left out as not DICOM, a line each
 
     @property
     def warnings(self) -> list[str]:
-        return self.stack.warnings
+        """Files left out, then what ordering the slices noticed (gaps, tilt, duplicates)."""
+        return [*self.skipped, *self.stack.warnings]
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able account: series found, the one selected and why, the resulting grid."""
         stack, volume = self.stack, self.volume
         selected = next(r for r in self.reports if r.selected)
+        skipped = {"skipped": self.skipped} if self.skipped else {}
         return {
             "study_uid": self.study_uid,
+            **skipped,
             "series": [r.to_dict() for r in self.reports],
             "selected": {
                 "series_uid": self.series_uid,
@@ -78,9 +82,9 @@ def ingest_study(
     grid = grid or ModelGrid()
     rules = rules or SelectionRules()
     t0 = time.perf_counter()
-    files = load_study(sources)
+    study = load_study(sources)
     t1 = time.perf_counter()
-    chosen, reports = select_series(group_series(files), rules)
+    chosen, reports = select_series(group_series(study.files), rules)
     stack = order_slices(chosen)
     t2 = time.perf_counter()
     volume = to_model_grid(stack, grid)
@@ -92,4 +96,5 @@ def ingest_study(
         stack=stack,
         reports=reports,
         timing_ms={"read": (t1 - t0) * 1e3, "select": (t2 - t1) * 1e3, "resample": (t3 - t2) * 1e3},
+        skipped=study.warnings,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 import warnings
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -62,6 +63,18 @@ def silence_header_warnings() -> None:
     neither logged nor shown. Errors still are (they name elements, not values)."""
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+
+
+def log_unexpected(message: str, exc: BaseException) -> None:
+    """Log where an unexpected exception came from, without its message: a library's message can
+    quote a header value, and a header value can be a patient's name."""
+    logging.getLogger(__name__).error(
+        message,
+        extra={
+            "error_type": type(exc).__name__,
+            "traceback": "".join(traceback.format_tb(exc.__traceback__)),
+        },
+    )
 
 
 class _GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -14,7 +14,6 @@ from prometheus_client import (
     generate_latest,
 )
 
-from service.contract import ModelOutputs
 from service.model_card import ModelCard
 from service.schemas import TriageResult
 
@@ -109,7 +108,7 @@ class GatewayMetrics:
         for finding in card.findings:  # zero series exist from the start, so rates are defined
             self.finding_positive.labels(finding=finding.code)
 
-    def observe_result(self, result: TriageResult, outputs: ModelOutputs, index: int = 0) -> None:
+    def observe_result(self, result: TriageResult) -> None:
         for stage, ms in result.timing_ms.model_dump().items():
             self.stage_duration.labels(stage=stage).observe(ms / 1e3)
         self.study_slices.observe(result.slices.source_count)
@@ -117,7 +116,7 @@ class GatewayMetrics:
         for finding in result.findings:
             if finding.positive:
                 self.finding_positive.labels(finding=finding.code).inc()
-        for expert, weight in enumerate(outputs.router_weights[index].tolist()):
+        for expert, weight in enumerate(result.router.study_weights):
             self.expert_weight.labels(expert=str(expert)).observe(weight)
 
     def exposition(self) -> bytes:

@@ -3,8 +3,6 @@ the card's operating thresholds, the triage priority, the router weights and the
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from service.contract import ModelOutputs
@@ -81,31 +79,3 @@ def build_result(
         warnings=list(ingest.warnings),
         disclaimer=card.intended_use,
     )
-
-
-def timed_result(
-    card: ModelCard,
-    ingest: IngestResult,
-    outputs: ModelOutputs,
-    *,
-    started: float,
-    inferring: float,
-    inferred: float,
-    upload_ms: float = 0.0,
-    queue_ms: float = 0.0,
-) -> TriageResult:
-    """``build_result`` with the stage timings filled in from ``time.perf_counter`` marks: the
-    request start, inference start and inference end; postprocess and total end now."""
-    timing = {
-        "upload": upload_ms,
-        "queue": queue_ms,
-        **{k: ingest.timing_ms.get(k, 0.0) for k in ("read", "select", "resample")},
-        "inference": (inferred - inferring) * 1e3,
-        "postprocess": 0.0,
-        "total": 0.0,
-    }
-    result = build_result(card, ingest, outputs, timing)
-    finished = time.perf_counter()
-    result.timing_ms.postprocess = round((finished - inferred) * 1e3, 3)
-    result.timing_ms.total = round((finished - started) * 1e3, 3)
-    return result

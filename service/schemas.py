@@ -129,7 +129,11 @@ class TriageResult(BaseModel):
     router: Router
     slices: Slices
     timing_ms: Timing
-    warnings: list[str] = Field(description="What the ingest noticed (gaps, tilt, duplicates).")
+    warnings: list[str] = Field(
+        description="Files left out because they are not DICOM (a notes.txt, a JPEG, a PDF "
+        "report), then what ordering the slices noticed (gaps, non-uniform spacing, tilt, "
+        "duplicates). Empty when there is nothing to say."
+    )
     disclaimer: str = Field(description="The model card's intended use.")
 
     model_config = ConfigDict(json_schema_extra={"examples": [_build_example()]})

@@ -10,7 +10,7 @@ too many entries, too much uncompressed data, a suspicious compression ratio (a 
 entry with an absolute or ``..`` path are refused before ingest opens the archive. The folder is
 removed when the upload is closed, on every path.
 
-Nothing here knows HTTP; the API layer maps the errors' codes to status codes.
+Nothing here knows HTTP; the errors (``service.errors``) carry their status for the API layer.
 """
 
 from __future__ import annotations
@@ -30,7 +30,16 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.dicom_io import is_zip
-from service.errors import HeadCTError
+from service.errors import (
+    EmptyUploadError,
+    MalformedUploadError,
+    TooManyFilesError,
+    UnsafeZipEntryError,
+    UnsupportedMediaTypeError,
+    UploadTooLargeError,
+    ZipRatioError,
+    ZipTooLargeError,
+)
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -40,57 +49,6 @@ ZIP_TYPES = ("application/zip", "application/x-zip-compressed")
 DICOM_TYPE = "application/dicom"
 ACCEPTED_TYPES = (MULTIPART, *ZIP_TYPES, DICOM_TYPE)
 FILES_FIELD = "files"
-
-
-class UploadError(HeadCTError):
-    """The request body cannot be taken as a study upload."""
-
-    code = "invalid_upload"
-
-
-class UnsupportedMediaTypeError(UploadError):
-    code = "unsupported_media_type"
-
-
-class MalformedUploadError(UploadError):
-    code = "malformed_upload"
-
-
-class EmptyUploadError(UploadError):
-    code = "empty_upload"
-
-
-class UploadTimeoutError(UploadError):
-    code = "upload_timeout"
-
-
-class UnsafeZipEntryError(UploadError):
-    code = "unsafe_zip_entry"
-
-
-class UploadTooLargeError(UploadError):
-    code = "upload_too_large"
-
-
-class TooManyFilesError(UploadError):
-    code = "too_many_files"
-
-
-class ZipTooLargeError(UploadError):
-    code = "zip_too_large"
-
-
-class ZipRatioError(UploadError):
-    code = "zip_ratio_exceeded"
-
-
-# The 413 family: the request is refused for its size, not its content.
-LIMIT_ERRORS: tuple[type[UploadError], ...] = (
-    UploadTooLargeError,
-    TooManyFilesError,
-    ZipTooLargeError,
-    ZipRatioError,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,17 +69,17 @@ class UploadedFile:
     path: Path | None = None
     data: bytes | None = None
 
-    def read(self) -> bytes:
+    @property
+    def content(self) -> bytes | Path:
+        """Its bytes if it stayed in memory, else the path it was spooled to."""
         if self.data is not None:
             return self.data
         assert self.path is not None
-        return self.path.read_bytes()
+        return self.path
 
     def open(self) -> IO[bytes]:
-        if self.data is not None:
-            return io.BytesIO(self.data)
-        assert self.path is not None
-        return self.path.open("rb")
+        content = self.content
+        return io.BytesIO(content) if isinstance(content, bytes) else content.open("rb")
 
 
 @dataclass
@@ -146,9 +104,12 @@ class Upload:
     def on_disk(self) -> bool:
         return self._folder is not None
 
-    def sources(self) -> list[tuple[str, bytes]]:
-        """(name, bytes) for ``ingest_study``. Blocking file reads: call it in a worker thread."""
-        return [(f.name, f.read()) for f in self.files]
+    def sources(self) -> list[tuple[str, bytes | Path]]:
+        """The files as study sources (``service.dicom_io.StudySource``): each with its client
+        name, and its bytes if it stayed in memory or its spooled path if not. Ingest reads a
+        spooled file when it reaches it, so a study is never held as bytes and as datasets at
+        once."""
+        return [(f.name, f.content) for f in self.files]
 
     def close(self) -> None:
         if self._folder is not None:

@@ -11,7 +11,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from service.errors import InconsistentGeometryError, NoAxialSeriesError, TooFewSlicesError
+from service.errors import (
+    InconsistentGeometryError,
+    NoAxialSeriesError,
+    NotDicomError,
+    TooFewSlicesError,
+)
 from service.ingest import ingest_study
 from service.preprocess import ModelGrid
 from synth import SynthOptions, generate_study, write_study
@@ -137,3 +142,21 @@ def test_too_few_slices_names_the_count(tmp_path: Path) -> None:
         path.unlink()
     with pytest.raises(TooFewSlicesError, match="8 slices"):
         ingest_study([tmp_path / "study"])
+
+
+def test_files_that_are_not_dicom_are_skipped_with_a_warning(
+    tmp_path: Path, reference: tuple[np.ndarray, np.ndarray]
+) -> None:
+    _write(tmp_path / "study")
+    (tmp_path / "study" / "notes.txt").write_text("Head CT for a fall.\n")
+    (tmp_path / "study" / "empty.bin").write_bytes(b"")
+    result = ingest_study([tmp_path / "study"], grid=NATIVE)
+    np.testing.assert_array_equal(result.volume.hu, reference[1])
+    skipped = [f"skipped {n}: not DICOM" for n in ("empty.bin", "notes.txt")]
+    assert result.skipped == skipped
+    assert result.warnings[:2] == skipped
+    assert result.describe()["skipped"] == skipped
+    with pytest.raises(NotDicomError, match="None of the 2 files"):
+        ingest_study([tmp_path / "study" / "notes.txt", tmp_path / "study" / "empty.bin"])
+    with pytest.raises(NotDicomError, match=r"notes\.txt is not a DICOM file"):
+        ingest_study([tmp_path / "study" / "notes.txt"])

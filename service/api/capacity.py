@@ -16,14 +16,8 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from service.errors import HeadCTError
+from service.errors import OverCapacityError
 from service.text import counted
-
-
-class OverCapacityError(HeadCTError):
-    """Every worker is busy and the wait queue is full."""
-
-    code = "over_capacity"
 
 
 class StudyLimiter:

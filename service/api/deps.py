@@ -10,17 +10,12 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.capacity import StudyLimiter
-from service.backends.base import BackendUnavailableError, InferenceBackend
-from service.errors import HeadCTError
+from service.backends.base import InferenceBackend
+from service.errors import BackendUnavailableError, UnauthorizedError
 from service.metrics import GatewayMetrics
 from service.model_card import ModelCard
+from service.pipeline import TriagePipeline
 from service.settings import Settings
-
-
-class UnauthorizedError(HeadCTError):
-    """API keys are configured and the request has none, or a wrong one."""
-
-    code = "unauthorized"
 
 
 def get_settings(request: Request) -> Settings:
@@ -43,6 +38,12 @@ def read_card(backend: InferenceBackend) -> ModelCard:
 
 def get_card(backend: Annotated[InferenceBackend, Depends(get_backend)]) -> ModelCard:
     return read_card(backend)
+
+
+async def get_pipeline(
+    backend: Annotated[InferenceBackend, Depends(get_backend)],
+) -> TriagePipeline:
+    return TriagePipeline(backend)
 
 
 def get_metrics(request: Request) -> GatewayMetrics:
@@ -77,8 +78,8 @@ def require_api_key(
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-BackendDep = Annotated[InferenceBackend, Depends(get_backend)]
 CardDep = Annotated[ModelCard, Depends(get_card)]
+PipelineDep = Annotated[TriagePipeline, Depends(get_pipeline)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 LimiterDep = Annotated[StudyLimiter, Depends(get_limiter)]
 ApiKeyDep = Depends(require_api_key)

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from service.backends.base import (
-    BackendTimeoutError,
-    BackendUnavailableError,
-    InferenceBackend,
-)
+from service.backends.base import InferenceBackend
 from service.settings import BackendKind, Settings
 
-__all__ = [
-    "BackendTimeoutError",
-    "BackendUnavailableError",
-    "InferenceBackend",
-    "create_backend",
-]
+__all__ = ["InferenceBackend", "create_backend"]
 
 
 def create_backend(settings: Settings) -> InferenceBackend:

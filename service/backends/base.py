@@ -2,8 +2,8 @@
 
 One ``Protocol``: the model card, readiness, and ``infer`` on a batch of INT16 HU volumes
 returning the four output tensors of the model contract (``service.contract``). Calls are
-synchronous and may block (onnxruntime computing, tritonclient waiting on the network): the API
-layer runs them in worker threads with a deadline.
+synchronous and may block (onnxruntime computing, tritonclient waiting on the network): the triage
+pipeline (``service.pipeline``) runs them in worker threads with a deadline.
 """
 
 from __future__ import annotations
@@ -13,20 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from service.contract import ModelOutputs
-from service.errors import HeadCTError
 from service.model_card import ModelCard
-
-
-class BackendUnavailableError(HeadCTError):
-    """The model cannot be run now (not loaded, server down, model not ready)."""
-
-    code = "backend_unavailable"
-
-
-class BackendTimeoutError(HeadCTError):
-    """The backend did not answer within the deadline."""
-
-    code = "backend_timeout"
 
 
 class InferenceBackend(Protocol):

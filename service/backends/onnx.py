@@ -17,9 +17,8 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from service.backends.base import BackendUnavailableError
 from service.contract import INPUT_DTYPE, INPUT_NAME, OUTPUT_NAMES, ModelOutputs, check_graph
-from service.errors import ModelContractError
+from service.errors import BackendUnavailableError, ModelContractError
 from service.model_card import CARD_FILENAME, CARD_METADATA_KEY, ModelCard
 
 MODEL_FILENAME = "model.onnx"

@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from service.backends.base import BackendTimeoutError, BackendUnavailableError
 from service.contract import INPUT_DTYPE, INPUT_NAME, OUTPUT_NAMES, TRITON_TYPES, ModelOutputs
-from service.errors import ModelContractError
+from service.errors import BackendTimeoutError, BackendUnavailableError, ModelContractError
 from service.model_card import CARD_METADATA_KEY, ModelCard
 
 # What Triton answers (HTTP 503) when a request waited in its queue past the queue policy's timeout

@@ -14,10 +14,9 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from service.app import create_app
-from service.backends.base import BackendUnavailableError
 from service.backends.onnx import OnnxBackend
 from service.backends.triton import TritonBackend
-from service.errors import ModelContractError
+from service.errors import BackendUnavailableError, ModelContractError
 from service.model_card import CARD_FILENAME, CARD_METADATA_KEY
 from service.settings import BackendKind, Settings
 from service.uploads import unsafe_entry_name

@@ -3,7 +3,9 @@ code, never a 500, and no file left behind in the upload folder."""
 
 from __future__ import annotations
 
+import importlib
 import io
+import pkgutil
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -13,15 +15,16 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 
+import service
 from service.api.deps import get_backend
-from service.api.problems import ERROR_CODES, status_of
-from service.backends.base import BackendUnavailableError
+from service.api.problems import ERROR_CODES, install_problem_handlers
 from service.contract import ModelOutputs
-from service.errors import HeadCTError
+from service.errors import BackendUnavailableError, HeadCTError, error_classes
 from service.model_card import ModelCard
 
 Files = list[tuple[str, tuple[str, bytes, str]]]
@@ -278,17 +281,65 @@ def _subclasses(cls: type[HeadCTError]) -> list[type[HeadCTError]]:
     return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
 
 
-def test_the_documented_table_matches_the_handler() -> None:
+def test_every_service_error_lives_in_service_errors() -> None:
+    for module in pkgutil.walk_packages(service.__path__, "service."):
+        importlib.import_module(module.name)
+    elsewhere = [
+        f"{c.__module__}.{c.__name__}"
+        for c in _subclasses(HeadCTError)
+        if c.__module__.startswith("service.") and c.__module__ != "service.errors"
+    ]
+    assert elsewhere == []
+
+
+# The table as the OpenAPI description shows it; derived from the classes, pinned here so that a
+# new or moved error changes it on purpose.
+DOCUMENTED_TABLE = """\
+| status | code |
+|---|---|
+| 400 | not_dicom, truncated_dicom, corrupt_dicom, empty_study, unsupported_transfer_syntax, \
+malformed_upload, empty_upload, unsafe_zip_entry, invalid_request |
+| 401 | unauthorized (only when HEADCT_API_KEYS is set) |
+| 404, 405 | not_found, method_not_allowed |
+| 408 | upload_timeout |
+| 413 | upload_too_large, too_many_files, zip_too_large, zip_ratio_exceeded |
+| 415 | unsupported_media_type (the request's Content-Type) |
+| 422 | no_pixel_data, not_ct, no_axial_series, too_few_slices, inconsistent_geometry |
+| 429 | over_capacity (with Retry-After) |
+| 500 | model_contract, internal_error |
+| 503 | backend_unavailable (with Retry-After) |
+| 504 | backend_timeout |
+"""
+
+
+def test_the_documented_table_is_derived_from_the_classes() -> None:
+    assert ERROR_CODES == DOCUMENTED_TABLE
     table: dict[str, int] = {}
     for row in ERROR_CODES.splitlines()[2:]:
         statuses, codes = row.strip("|").split("|")
         for code in codes.split(","):
             table[code.split("(")[0].strip()] = int(statuses.split(",")[0])
-    leaves = [
-        c
-        for c in _subclasses(HeadCTError)
-        if not c.__subclasses__() and c.__module__.startswith("service.")
-    ]
+    leaves = error_classes()
     assert len(leaves) > 20
+    assert {c.code for c in leaves} <= set(table)
     for cls in leaves:
-        assert status_of(cls("x"))[0] == table[cls.code], cls.code
+        assert cls.status == table[cls.code], cls.code
+
+
+@pytest.mark.parametrize("error", error_classes(), ids=lambda c: c.code)
+def test_the_handler_answers_each_error_with_its_class_status(error: type[HeadCTError]) -> None:
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.get("/v1/fail")
+    async def fail() -> None:
+        raise error("It failed.", retry_after=7)
+
+    response = TestClient(app).get("/v1/fail")
+    body = response.json()
+    assert response.status_code == body["status"] == error.status
+    assert (body["code"], body["title"]) == (error.code, error.title)
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers.get("retry-after") == ("7" if error.retry_after else None)
+    hidden = error.status in (500, 503)  # server-side messages can name internal hosts
+    assert (body["detail"] == "It failed.") is not hidden

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
-from service.api.deps import ApiKeyDep, CardDep
+from service.api.deps import CardDep
+from service.api.routes import versioned_router
 from service.api.routes.triage import PROBLEM_RESPONSES
 from service.model_card import ModelCard
 
-router = APIRouter(tags=["model"], dependencies=[ApiKeyDep])
+router = versioned_router(tags=["model"])
 
 
 @router.get(
-    "/v1/model",
+    "/model",
     response_model=ModelCard,
     responses={s: PROBLEM_RESPONSES[s] for s in (401, 503)},
     summary="The model card",

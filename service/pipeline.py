@@ -1,0 +1,157 @@
+"""One study from received input to its triage result: the pipeline every entry point calls.
+
+    sources -> ingest -> infer -> postprocess -> TriageResult
+
+- ingest (``service.ingest``): read the files, group the series, select the axial CT, order the
+  slices, HU on the model card's grid; files that are not DICOM are left out with a warning;
+- infer: the backend (embedded onnxruntime or Triton) on the INT16 HU volume;
+- postprocess (``service.postprocess``): findings against the card's thresholds, the priority,
+  the key slice, the router weights, and the time each stage took.
+
+The HTTP route (``POST /v1/triage``), ``headct triage``, the benchmarks, and the PACS listener,
+batch scorer and viewer to come hand it a study as sources (``service.dicom_io.StudySource``:
+files, folders or zips on disk, bytes in memory, or datasets already parsed) and get the
+``TriageResult`` the API returns, or a ``HeadCTError`` with a stable code. What comes before
+(admitting a request, receiving an upload, storing instances) belongs to the caller, which says
+when it began (``started``) so that ``timing_ms`` covers the whole request.
+
+``run`` blocks: for the CLI, the batch scorer and the benchmarks. ``run_async`` runs the blocking
+stages in worker threads, so an event loop stays free, and is where a caller's limits attach:
+``slot`` (a capacity limiter's slot, held around ingest and inference; the wait for it is the
+``queue`` stage), ``Deadlines`` (one per stage), and cancellation: ingest checks between sources
+whether the caller's scope was cancelled (a deadline, a client gone), so it stops its work rather
+than leaving a thread reading on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from service.backends.base import InferenceBackend
+from service.contract import ModelOutputs
+from service.dicom_io import StudySource
+from service.errors import BackendTimeoutError, CorruptDicomError, HeadCTError
+from service.ingest import IngestResult, ingest_study
+from service.log_config import log_unexpected
+from service.model_card import ModelCard
+from service.postprocess import build_result
+from service.schemas import TriageResult
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """How long a stage of ``run_async`` may take, in seconds; None: no limit."""
+
+    inference_s: float | None = None
+
+
+@dataclass
+class _Marks:
+    """``time.perf_counter()`` marks of one study's way through the pipeline."""
+
+    started: float | None  # the caller began receiving the study; None: when the pipeline got it
+    received: float = field(default_factory=time.perf_counter)
+    dequeued: float = 0.0
+    inferring: float = 0.0
+    inferred: float = 0.0
+
+    def result(self, card: ModelCard, ingest: IngestResult, outputs: ModelOutputs) -> TriageResult:
+        """The result, with every stage's time; postprocess and total end now."""
+        started = self.received if self.started is None else self.started
+        timing = {
+            "upload": (self.received - started) * 1e3,
+            "queue": (self.dequeued - self.received) * 1e3,
+            **{k: ingest.timing_ms.get(k, 0.0) for k in ("read", "select", "resample")},
+            "inference": (self.inferred - self.inferring) * 1e3,
+            "postprocess": 0.0,
+            "total": 0.0,
+        }
+        result = build_result(card, ingest, outputs, timing)
+        finished = time.perf_counter()
+        result.timing_ms.postprocess = round((finished - self.inferred) * 1e3, 3)
+        result.timing_ms.total = round((finished - started) * 1e3, 3)
+        return result
+
+
+class TriagePipeline:
+    """Triage studies with one backend. Cheap to make; holds nothing between studies."""
+
+    def __init__(self, backend: InferenceBackend) -> None:
+        self.backend = backend
+
+    def ingest(self, sources: Iterable[StudySource], card: ModelCard) -> IngestResult:
+        """The study on the card's grid. Blocks. A library failing on odd input is still bad
+        input: it becomes ``corrupt_dicom``, and its traceback is logged for us."""
+        try:
+            return ingest_study(sources, grid=card.grid.to_model_grid())
+        except HeadCTError:
+            raise
+        except Exception as exc:
+            log_unexpected("ingest failed unexpectedly", exc)
+            raise CorruptDicomError("The study could not be decoded.") from None
+
+    def infer(self, ingest: IngestResult) -> ModelOutputs:
+        """The model's outputs for one study. Blocks (onnxruntime computing, Triton answering)."""
+        return self.backend.infer(ingest.volume.hu[None])
+
+    def run(self, sources: Iterable[StudySource], *, started: float | None = None) -> TriageResult:
+        """Triage one study in this thread. ``started``: ``time.perf_counter()`` when the caller
+        began receiving it (the time until this call is the ``upload`` stage); default now."""
+        marks = _Marks(started)
+        card = self.backend.card
+        marks.dequeued = time.perf_counter()
+        ingest = self.ingest(sources, card)
+        marks.inferring = time.perf_counter()
+        outputs = self.infer(ingest)
+        marks.inferred = time.perf_counter()
+        return marks.result(card, ingest, outputs)
+
+    async def run_async(
+        self,
+        sources: Iterable[StudySource],
+        *,
+        started: float | None = None,
+        slot: AbstractAsyncContextManager[Any] | None = None,
+        deadlines: Deadlines = Deadlines(),  # frozen: one shared default is safe
+    ) -> TriageResult:
+        """Triage one study, its blocking stages in worker threads; ``started`` as in ``run``.
+
+        Raises ``BackendTimeoutError`` past ``deadlines.inference_s``."""
+        marks = _Marks(started)
+        card = await anyio.to_thread.run_sync(lambda: self.backend.card)  # triton: a network call
+        async with slot or nullcontext():
+            marks.dequeued = time.perf_counter()
+            ingest = await anyio.to_thread.run_sync(self.ingest, _cancellable(sources), card)
+            marks.inferring = time.perf_counter()
+            outputs = await self._infer_within(ingest, deadlines.inference_s)
+            marks.inferred = time.perf_counter()
+        return marks.result(card, ingest, outputs)
+
+    async def _infer_within(self, ingest: IngestResult, timeout_s: float | None) -> ModelOutputs:
+        """Past the deadline the call is abandoned (a backend call cannot be interrupted)."""
+        try:
+            with anyio.fail_after(timeout_s):
+                outputs: ModelOutputs = await anyio.to_thread.run_sync(
+                    self.infer, ingest, abandon_on_cancel=True
+                )
+                return outputs
+        except TimeoutError:
+            raise BackendTimeoutError(
+                f"The {self.backend.kind} backend did not answer within {timeout_s:g} s."
+            ) from None
+
+
+def _cancellable(sources: Iterable[StudySource]) -> Iterator[StudySource]:
+    """The sources, checking before each whether the awaiting task was cancelled (for ingest
+    run by ``anyio.to_thread.run_sync``: a cancelled caller stops it at the next file)."""
+    for source in sources:
+        anyio.from_thread.check_cancelled()
+        yield source
