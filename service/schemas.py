@@ -1,4 +1,4 @@
-"""The gateway's response bodies (the Result of ARCHITECTURE.md, problems, probes) as pydantic
+"""The gateway's response bodies (the result of docs/ARCHITECTURE.md, problems, probes) as pydantic
 models, so the OpenAPI schema documents exactly what is sent."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A real Triton Inference Server for tests: the one bundled in the ``nvidia-pytriton`` wheel.
 
 It runs from the Triton venv (``requirements/triton-cpu.txt``; ``.ci/run`` creates it), found via
-``HEADCT_TRITON_VENV`` (default ``<repo>/.venv-triton``). As shared/ENVIRONMENT.md describes: the
+``HEADCT_TRITON_VENV`` (default ``<repo>/.venv-triton``). As docs/ENVIRONMENT.md describes: the
 python backend stub for this Python is copied into the wheel's ``backends/python/``, the wheel's
 bundled libraries go on ``LD_LIBRARY_PATH``, and only the named models load (explicit model
 control: the wheel has no onnxruntime backend, so ``headct_molre`` itself cannot load there).

@@ -251,7 +251,7 @@ def build_card(
     synthetic: bool = True,
     operating_points: list[CardOperatingPoint] | None = None,
 ) -> ModelCard:
-    """The model card of a trained run (see ARCHITECTURE.md, "Model card")."""
+    """The model card of a trained run (see docs/ARCHITECTURE.md, "Contracts")."""
     d, h, w = config["grid"]
     counts = count_parameters(model)
     summary = model.adapter_summary()
