@@ -35,10 +35,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.findings import FINDINGS, Category
+from service.findings import FINDING_CODES, FINDINGS, Category
 from synth import SynthOptions, synthesize
-from training.evaluate import Predictions, _resampled_auc
-from training.operating_points import measure, priority_operating_points
+from training.evaluate import Predictions, category_positive, macro_auc, resampled_auc
+from training.operating_points import (
+    level_points,
+    priority_operating_points,
+    study_levels,
+    true_levels,
+)
 from training.report import write_report
 from training.train import TrainConfig, load_run, train
 
@@ -246,16 +251,9 @@ def key_slice_check(detailed: Detailed, test: Path, depth: int) -> dict[str, flo
 def _categories(labels: np.ndarray) -> np.ndarray:
     """Per study: the index of its one positive category, len(Category) for no finding, -1 for
     studies with findings in several categories (left out of the dependence measures)."""
-    categories = list(Category)
-    by_category = np.stack(
-        [
-            (labels[:, [j for j, f in enumerate(FINDINGS) if f.category is c]] == 1).any(axis=1)
-            for c in categories
-        ],
-        axis=1,
-    )
+    by_category = category_positive(labels)
     count = by_category.sum(axis=1)
-    return np.where(count == 0, len(categories), np.where(count == 1, by_category.argmax(1), -1))
+    return np.where(count == 0, len(Category), np.where(count == 1, by_category.argmax(1), -1))
 
 
 def router_dependence(detailed: Detailed) -> dict[str, Any]:
@@ -325,14 +323,6 @@ def _scorable(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return (positives > 0) & (negatives > 0), 1
 
 
-def _macro(probabilities: np.ndarray, labels: np.ndarray, columns: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(
-        np.mean([roc_auc_score(labels[:, j], probabilities[:, j]) for j in np.flatnonzero(columns)])
-    )
-
-
 def fair_comparison(
     test: dict[str, list[Predictions]], bootstrap: int, reference: str = "molre"
 ) -> dict[str, Any]:
@@ -342,17 +332,18 @@ def fair_comparison(
     first = next(iter(test.values()))[0]
     labels = first.labels
     columns, min_positives = _scorable(labels)
+    scored = [FINDING_CODES[j] for j in np.flatnonzero(columns)]
     rng = np.random.default_rng(0)
     counts = rng.multinomial(len(labels), np.full(len(labels), 1 / len(labels)), size=bootstrap)
     resampled: dict[str, np.ndarray] = {}
     arms: dict[str, Any] = {}
     for arm, runs in test.items():
-        per_seed = [_macro(p.probabilities, labels, columns) for p in runs]
+        per_seed = [macro_auc(p, scored) for p in runs]
         draws = np.zeros(bootstrap)
         for p in runs:
             aucs = np.stack(
                 [
-                    _resampled_auc(p.probabilities[:, j], labels[:, j], counts)
+                    resampled_auc(p.probabilities[:, j], labels[:, j], counts)
                     for j in np.flatnonzero(columns)
                 ],
                 axis=1,
@@ -397,15 +388,8 @@ def triage_at_operating_points(calibration: Predictions, test: Predictions) -> d
     """Thresholds chosen for the priority on the calibration set, measured on the test set."""
     choices, chosen = priority_operating_points(calibration.labels, calibration.probabilities)
     thresholds = np.array([c.threshold for c in choices])
-    points = measure(
-        test.labels,
-        test.probabilities,
-        thresholds,
-        {p.level: p.false_positive_rate for p in chosen},
-    )
-    from training.operating_points import study_levels, true_levels
-
     truth, called = true_levels(test.labels), study_levels(test.probabilities, thresholds)
+    points = level_points(truth, called, {p.level: p.false_positive_rate for p in chosen})
     normal = ~(test.labels == 1).any(axis=1)
     return {
         "calibration": [p.to_dict() for p in chosen],

@@ -43,7 +43,7 @@ from torch import nn
 
 from service.findings import FINDING_CODES
 from training.backbones import SliceBackbone, create_backbone
-from training.model import DEFAULT_WINDOWS, HUWindowing
+from training.model import DEFAULT_WINDOWS, SlicePixels
 
 log = logging.getLogger(__name__)
 
@@ -198,18 +198,12 @@ class SlicePretrainer(nn.Module):
         super().__init__()
         assert isinstance(backbone, nn.Module)
         self.backbone = backbone
-        self.windowing = HUWindowing(DEFAULT_WINDOWS)
-        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
+        self.pixels = SlicePixels(DEFAULT_WINDOWS, backbone)
         self.findings = nn.Linear(backbone.feature_dim, findings)
         self.position = nn.Linear(backbone.feature_dim, POSITION_BINS)
 
     def forward(self, hu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = self.windowing(hu.unsqueeze(1)).squeeze(1)  # [N, 3, H, W]
-        size = self.backbone.input_size
-        if tuple(pixels.shape[-2:]) != (size, size):
-            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
-        features = self.backbone((pixels - self.mean) / self.std)
+        features = self.backbone(self.pixels(hu.unsqueeze(1)))  # each slice a one-slice volume
         return self.findings(features), self.position(features)
 
 
