@@ -328,6 +328,6 @@ def ceiling(
     from training.ceiling import ceiling_config, run_ceiling
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    summary = run_ceiling(ceiling_config(out, steps, workers=workers, threads=threads))
+    summary = run_ceiling(ceiling_config(out, steps=steps, workers=workers, threads=threads))
     typer.echo((out / "ceiling.md").read_text())
     typer.echo(f"weak findings: {summary['weak_findings']}")
