@@ -9,7 +9,8 @@ import torch
 
 from service.findings import NUM_FINDINGS
 from training.model import DEFAULT_WINDOWS, HeadCTModel, HUWindowing, build_model
-from training.molre import MoLREConfig, expert_layers
+from training.molre import MoLREConfig
+from training.molre.injector import expert_layers
 from training.params import count_for
 
 ADAPTERS = ("probe", "lora", "molre", "full")

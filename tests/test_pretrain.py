@@ -15,14 +15,8 @@ import torch
 from service.findings import FINDING_CODES
 from training.backbones import create_backbone
 from training.ceiling import CEILING_SETTINGS, ceiling_config
-from training.pretrain import (
-    PRETRAINING_FINDINGS,
-    TRAIN_STREAM,
-    PretrainConfig,
-    export_weights,
-    make_study,
-    pretrain,
-)
+from training.config import PRETRAINING_FINDINGS, PretrainConfig
+from training.pretrain import TRAIN_STREAM, export_weights, make_study, pretrain
 
 
 def _config(out: Path, steps: int) -> PretrainConfig:

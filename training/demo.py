@@ -37,7 +37,10 @@ import torch
 
 from service.findings import FINDING_CODES, FINDINGS, Category
 from synth import SynthOptions, synthesize
+from training.config import PretrainConfig, TrainConfig
 from training.evaluate import Predictions, category_positive, macro_auc, resampled_auc
+from training.model import ModelOutput
+from training.molre import MoLREConfig
 from training.operating_points import (
     level_points,
     priority_operating_points,
@@ -45,7 +48,8 @@ from training.operating_points import (
     true_levels,
 )
 from training.report import write_report
-from training.train import TrainConfig, load_run, train
+from training.runs import load_run, predict_run
+from training.train import train
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,7 @@ SYNTHETIC_NOTE = (
 BACKBONE = "demo_vit"
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "demo_vit"
 MIN_POSITIVES = 5  # a finding enters the headline macro AUC with at least this many positives
+BATCH = 4  # studies per forward when the runs predict the test and calibration sets
 
 # Every arm trains the same way (data, epochs, learning rate, seeds); alpha = 2r throughout.
 ARMS: dict[str, dict[str, Any]] = {
@@ -140,7 +145,7 @@ def _synthesize(out: Path, sizes: DemoSizes) -> dict[str, Path]:
 
 def _quick_backbone(out: Path, sizes: DemoSizes) -> Path:
     """A backbone pretrained here for a few steps (QUICK: exercises ``headct pretrain``)."""
-    from training.pretrain import PretrainConfig, export_weights, pretrain
+    from training.pretrain import export_weights, pretrain
 
     run = out / "runs" / "pretrain"
     config = PretrainConfig(
@@ -172,7 +177,7 @@ def _train_arm(
         backbone=sizes.pretrain_backbone if sizes.pretrain_steps else BACKBONE,
         weights=str(weights),
         adapter=settings.pop("adapter"),
-        molre=settings.pop("molre", {}),
+        molre=MoLREConfig(**settings.pop("molre", {})),
         grid=sizes.grid,
         epochs=sizes.adapter_epochs,
         batch_size=sizes.batch_size,
@@ -196,31 +201,13 @@ class Detailed:
 
 
 def predict_detailed(run: Path, data: Path, name: str) -> Detailed:
-    from torch.utils.data import DataLoader
+    attention, slices = [], []
 
-    from service.preprocess import ModelGrid
-    from training.data import build_cache, read_labels
-    from training.dataset import CachedStudyDataset
+    def keep(output: ModelOutput) -> None:
+        attention.append(output.slice_attention.numpy())
+        slices.append(output.slice_router_weights.numpy())
 
-    model, config = load_run(run)
-    studies, _ = build_cache(read_labels(data), data / ".cache", ModelGrid(*config["grid"]))
-    labels, probabilities, routers, attention, slices = [], [], [], [], []
-    with torch.no_grad():
-        for volume, target, _ in DataLoader(CachedStudyDataset(studies), batch_size=4):
-            output = model(volume)
-            labels.append(target.numpy())
-            probabilities.append(output.probabilities.numpy())
-            routers.append(output.router_weights.numpy())
-            attention.append(output.slice_attention.numpy())
-            slices.append(output.slice_router_weights.numpy())
-    router = np.concatenate(routers)
-    predictions = Predictions(
-        run_name=name,
-        study_uids=[s.record.study_uid for s in studies],
-        labels=np.concatenate(labels),
-        probabilities=np.concatenate(probabilities),
-        router_weights=router if router.shape[1] > 1 else None,
-    )
+    predictions = predict_run(run, data, name=name, batch_size=BATCH, each_output=keep)
     return Detailed(predictions, np.concatenate(attention), np.concatenate(slices))
 
 
@@ -444,7 +431,7 @@ def run_demo(
         for seed in sizes.seeds:
             test[arm].append(predict_detailed(runs[arm][seed], folders["test"], arm))
             calibration[arm].append(
-                predict_detailed(runs[arm][seed], folders["calibration"], arm).predictions
+                predict_run(runs[arm][seed], folders["calibration"], name=arm, batch_size=BATCH)
             )
     order = [a for a in ("molre", "lora", "lora_matched", "probe") if a in sizes.arms]
     metrics = write_report(
@@ -511,7 +498,6 @@ def _export(
             "demo_vit pretrained on streamed phantoms (training/weights/demo_vit); not patient "
             "data"
         ),
-        synthetic=True,
     )
     # The repository keeps the new version only: older demo versions leave with it. (The CPU
     # model's one version, headct_molre_cpu/1, already points at the new model.onnx.)

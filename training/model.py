@@ -26,7 +26,8 @@ from torch import nn
 
 from service.findings import NUM_FINDINGS
 from training.backbones import SliceBackbone, create_backbone
-from training.molre import MoLREConfig, expert_layers, inject_molre
+from training.molre import MoLREConfig
+from training.molre.injector import expert_layers, inject_molre
 from training.pooling import GatedAttentionPooling
 
 AdapterKind = Literal["probe", "lora", "molre", "full"]
