@@ -2,13 +2,14 @@
 
 from synth.options import SynthOptions
 from synth.signatures import FINDING_SIGNATURES
-from synth.study import SyntheticStudy, generate_study, synthesize, write_study
+from synth.study import SyntheticStudy, generate_study, is_synthetic, synthesize, write_study
 
 __all__ = [
     "FINDING_SIGNATURES",
     "SynthOptions",
     "SyntheticStudy",
     "generate_study",
+    "is_synthetic",
     "synthesize",
     "write_study",
 ]

@@ -1,7 +1,9 @@
 """Synthetic head CT studies end to end: labels, anatomy, findings, image, DICOM, label files.
 
 ``generate_study`` makes one study in memory; ``write_study`` writes it as DICOM;
-``synthesize`` writes a whole data set with ``labels.csv`` and ``annotations.json``.
+``synthesize`` writes a whole data set with ``labels.csv`` and ``annotations.json``, whose
+``"synthetic": true`` marks the folder as phantoms (``is_synthetic``): training records it, so that
+a model trained on the folder is exported as not for clinical use.
 
 Random streams: the labels are drawn from the caller's generator, which then spawns separate
 streams for anatomy, findings, noise and identifiers. So forcing a finding into a study changes
@@ -28,6 +30,8 @@ from synth.imaging import form_image
 from synth.lesions import draw_findings, make_plan
 from synth.options import SynthOptions
 from synth.phantom import render
+
+ANNOTATIONS_FILENAME = "annotations.json"
 
 
 @dataclass(frozen=True)
@@ -119,5 +123,17 @@ def synthesize(out: Path, studies: int, seed: int, options: SynthOptions = Synth
         writer = csv.writer(handle)
         writer.writerow(["study_uid", *FINDING_CODES])
         writer.writerows(rows)
-    (out / "annotations.json").write_text(json.dumps(annotations, indent=1) + "\n")
+    (out / ANNOTATIONS_FILENAME).write_text(json.dumps(annotations, indent=1) + "\n")
     return labels_path
+
+
+def is_synthetic(folder: Path) -> bool:
+    """Whether ``folder`` is a data set that ``synthesize`` wrote (its annotations say so)."""
+    path = Path(folder) / ANNOTATIONS_FILENAME
+    try:
+        annotations = json.loads(path.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} cannot be read ({exc}): is this a headct synth folder?") from None
+    return isinstance(annotations, dict) and annotations.get("synthetic") is True

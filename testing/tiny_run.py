@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,14 @@ import torch
 from service.findings import FINDING_CODES, NUM_FINDINGS
 from service.preprocess import ModelGrid
 from training.backbones import create_backbone
+from training.config import TrainConfig
 from training.data import _fingerprint
 from training.evaluate import Predictions
 from training.export import synthetic_volumes
 from training.model import build_model
-from training.molre import MoLREConfig, expert_layers
-from training.train import weights_sha256
+from training.molre import MoLREConfig
+from training.molre.injector import expert_layers
+from training.runs import RunConfig
 
 GRID = (8, 64, 64)
 EXPERTS = 3
@@ -52,29 +55,27 @@ def make_validation_data(folder: Path, grid: tuple[int, int, int], studies: int)
 
 def make_tiny_run(folder: Path, *, data: Path | None = None, grid=GRID, seed: int = 0) -> Path:
     """A run folder as ``training.train`` writes it (config.json, best.pt, validation
-    predictions) for a tiny DINOv2 MoLRE whose experts are switched on, on a saved backbone."""
+    predictions) for a tiny DINOv2 MoLRE whose experts are switched on, on a saved backbone,
+    recorded as trained on synthetic data."""
     folder.mkdir(parents=True)
     torch.manual_seed(seed)
     weights = folder / "backbone"  # a frozen backbone is only reproducible from a checkpoint
     create_backbone("tiny_dinov2").save_pretrained(weights)
-    molre = MoLREConfig(experts=EXPERTS, rank=2)
-    model = build_model("tiny_dinov2", adapter="molre", molre=molre, weights=weights).eval()
+    train = TrainConfig(
+        data=str(data or folder / "no-data"),
+        out=str(folder),
+        weights=str(weights),
+        molre=MoLREConfig(experts=EXPERTS, rank=2),
+        grid=grid,
+        validation_fraction=0.5,
+    )
+    run = RunConfig.for_training(
+        train, synthetic=True, train_studies=6, validation_studies=6, skipped_studies={}
+    )
+    replace(run, created="2026-01-02T03:04:05+00:00").write(folder)
+    model = build_model("tiny_dinov2", adapter="molre", molre=run.molre, weights=weights).eval()
     for _, layer in expert_layers(model.backbone):
         torch.nn.init.normal_(layer.lora_B, std=0.2)
-    config = {
-        "backbone": "tiny_dinov2",
-        "weights": str(weights),
-        "weights_sha256": weights_sha256(str(weights)),
-        "adapter": "molre",
-        "molre": molre.to_dict(),
-        "grid": list(grid),
-        "findings": list(FINDING_CODES),
-        "train": {"data": str(data or folder / "no-data"), "validation_fraction": 0.5, "seed": 0},
-        "train_studies": 6,
-        "validation_studies": 6,
-        "created": "2026-01-02T03:04:05+00:00",
-    }
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
     torch.save({"model": model.trainable_state_dict()}, folder / "best.pt")
     rng = np.random.default_rng(seed)
     router = rng.dirichlet(np.ones(EXPERTS), 6)

@@ -8,7 +8,7 @@ import pytest
 
 
 def real_dicom_files() -> list[Path]:
-    """Every test file that pydicom and pydicom-data ship (never downloads: see docs/ENVIRONMENT.md)."""
+    """Every test file that pydicom and pydicom-data ship (never downloads: docs/ENVIRONMENT.md)."""
     import data_store
     import pydicom.data
 

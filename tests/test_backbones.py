@@ -15,7 +15,8 @@ from training.backbones import (
     BackboneWeightsError,
     create_backbone,
 )
-from training.molre import MoLREConfig, inject_molre
+from training.molre import MoLREConfig
+from training.molre.injector import inject_molre
 
 TINY = ("tiny_dinov2", "tiny_dinov3", "tiny_siglip", "tiny_resnet3d")
 
@@ -118,7 +119,7 @@ def _cache_model(cache: Path, repo_id: str, name: str) -> Path:
 
 
 def test_hub_model_id_loads_from_the_cache_with_the_same_checks(hub_cache: Path) -> None:
-    from training.train import weights_sha256
+    from training.runs import weights_sha256
 
     torch.manual_seed(0)
     snapshot = _cache_model(hub_cache, "acme/tiny-dino", "tiny_dinov2")

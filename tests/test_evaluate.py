@@ -13,11 +13,11 @@ from sklearn.metrics import roc_auc_score
 from service.findings import FINDING_CODES, FINDING_INDEX, FINDINGS, NUM_FINDINGS, Category
 from training.evaluate import (
     Predictions,
-    _resampled_auc,
     bootstrap_macro_auc,
     evaluate,
     macro_auc,
     per_finding_auc,
+    resampled_auc,
     router_analysis,
     stratified_counts,
 )
@@ -76,12 +76,12 @@ def test_finding_with_one_class_has_no_auc_and_leaves_the_macro() -> None:
     assert evaluate(p)["n_findings_with_auc"] == NUM_FINDINGS - 1
 
 
-def test_resampled_auc_equals_sklearn_on_the_repeated_studies() -> None:
+def testresampled_auc_equals_sklearn_on_the_repeated_studies() -> None:
     rng = np.random.default_rng(5)
     scores = np.round(rng.random(40), 1)  # ties, which count one half
     labels = (rng.random(40) < 0.3).astype(float)
     counts = rng.multinomial(40, np.full(40, 1 / 40), size=6)
-    resampled = _resampled_auc(scores, labels, counts)
+    resampled = resampled_auc(scores, labels, counts)
     for b, row in enumerate(counts):
         drawn = np.repeat(np.arange(40), row)
         expected = roc_auc_score(labels[drawn], scores[drawn])

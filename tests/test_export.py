@@ -29,6 +29,7 @@ from testing.tiny_run import EXPERTS, GRID, ONNX_TYPES, make_tiny_run, make_vali
 from training import export as export_module
 from training.export import ExportError, export_run, synthetic_volumes
 from training.repository import CPU_MODEL_SOURCE
+from training.runs import load_run
 from training.thresholds import (
     FALLBACK_THRESHOLD,
     choose_thresholds,
@@ -36,7 +37,6 @@ from training.thresholds import (
     router_reference,
     youden_threshold,
 )
-from training.train import load_run
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +254,41 @@ def test_a_graph_that_disagrees_with_pytorch_fails_and_writes_nothing(
     assert not repository.exists()
     with pytest.raises(ExportError, match="exists"):
         export_run(other_run, root / "repository", version=1)
+
+
+def test_the_card_follows_the_training_data_the_run_recorded(
+    exported, tmp_path, monkeypatch
+) -> None:
+    """No flag needed for a run that recorded its data; a run that did not (trained before runs
+    recorded it) is refused until told; phantoms are never labelled real."""
+    from training.cli import app
+
+    _, run, result = exported
+    monkeypatch.setattr(export_module, "export_onnx", _copy_export(result.version.model))
+    repository = tmp_path / "repository"
+
+    def export(folder: Path, *flags: str):
+        return CliRunner().invoke(
+            app, ["export", "--run", str(folder), "--repository", str(repository), *flags]
+        )
+
+    outcome = export(run, "--no-synthetic")  # the tiny run recorded synthetic data
+    assert outcome.exit_code == 1 and "leave out --no-synthetic" in outcome.output
+
+    older = tmp_path / "older"
+    shutil.copytree(run, older)
+    recorded = json.loads((older / "config.json").read_text())
+    del recorded["synthetic"]
+    (older / "config.json").write_text(json.dumps(recorded))
+    outcome = export(older)
+    assert outcome.exit_code == 1, outcome.output
+    assert "--synthetic" in outcome.output and "--no-synthetic" in outcome.output
+    assert not repository.exists()
+
+    outcome = export(older, "--no-synthetic")
+    assert outcome.exit_code == 0, outcome.output
+    card = ModelCard.from_json((repository / "headct_molre" / "1" / CARD_FILENAME).read_text())
+    assert not card.provenance.synthetic and card.intended_use != NOT_FOR_CLINICAL_USE
+    assert "synthetic" not in card.description and recorded["train"]["data"] in (
+        card.provenance.training_data
+    )

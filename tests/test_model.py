@@ -10,7 +10,8 @@ import torch
 from service.contract import ADAPTER_KINDS, DEFAULT_WINDOWS
 from service.findings import NUM_FINDINGS
 from training.model import HeadCTModel, HUWindowing, build_model
-from training.molre import MoLREConfig, expert_layers
+from training.molre import MoLREConfig
+from training.molre.injector import expert_layers
 from training.params import count_for
 
 

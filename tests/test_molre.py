@@ -14,13 +14,9 @@ from torch import nn
 
 from training.backbones import create_backbone
 from training.model import HeadCTModel
-from training.molre import (
-    MoLREConfig,
-    MoLRELinear,
-    MoLREPatchConv,
-    expert_layers,
-    inject_molre,
-)
+from training.molre import MoLREConfig
+from training.molre.injector import expert_layers, inject_molre
+from training.molre.layer import MoLRELinear, MoLREPatchConv
 
 
 def test_config_round_trips_through_json() -> None:

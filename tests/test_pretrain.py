@@ -14,14 +14,9 @@ import torch
 
 from service.findings import FINDING_CODES
 from training.backbones import create_backbone
-from training.pretrain import (
-    PRETRAINING_FINDINGS,
-    TRAIN_STREAM,
-    PretrainConfig,
-    export_weights,
-    make_study,
-    pretrain,
-)
+from training.ceiling import CEILING_SETTINGS, ceiling_config
+from training.config import PRETRAINING_FINDINGS, PretrainConfig
+from training.pretrain import TRAIN_STREAM, export_weights, make_study, pretrain
 
 
 def _config(out: Path, steps: int) -> PretrainConfig:
@@ -90,3 +85,23 @@ def test_export_is_a_weights_folder_and_another_machine_continues_from_it(
     assert [row["step"] for row in _curve(elsewhere)] == [6]
     with pytest.raises(ValueError, match="grid"):
         pretrain(replace(_config(tmp_path / "third", 6), grid=(8, 64, 64)), init_from=folder)
+
+
+def test_a_ceiling_run_can_be_extended_with_more_steps(tmp_path: Path) -> None:
+    """The ceiling's warm-up is a fixed number of steps: a larger --steps resumes the run rather
+    than being refused as other settings (a warm-up of steps // 20 was 1 step, then 2)."""
+    tiny = {
+        "grid": (8, 32, 32),
+        "source_matrix": 64,
+        "slices_per_step": 8,
+        "buffer_studies": 2,
+        "validation_studies": 4,
+        "workers": 0,
+    }
+    first = ceiling_config(tmp_path, steps=1, **tiny)
+    longer = ceiling_config(tmp_path, steps=40, **tiny)
+    assert first.warmup_steps == longer.warmup_steps == CEILING_SETTINGS["warmup_steps"]
+    pretrain(first)
+    pretrain(longer, max_seconds=0)  # resumed: one more step, then out of time
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 2
+    assert [row["step"] for row in _curve(tmp_path)] == [1, 2]

@@ -16,8 +16,11 @@ import torch
 
 from synth import SynthOptions, synthesize
 from training.backbones import create_backbone
+from training.config import TrainConfig
 from training.evaluate import Predictions
-from training.train import TrainConfig, load_run, train
+from training.molre import MoLREConfig
+from training.runs import load_run, predict_run
+from training.train import train
 
 GRID = (8, 64, 64)
 
@@ -37,7 +40,7 @@ def _config(data: Path, out: Path, **overrides: object) -> TrainConfig:
         "out": str(out),
         "backbone": "tiny_dinov2",
         "adapter": "molre",
-        "molre": {"experts": 2, "rank": 2},
+        "molre": MoLREConfig(experts=2, rank=2),
         "grid": GRID,
         "epochs": 3,
         "batch_size": 4,
@@ -85,6 +88,7 @@ def test_checkpoint_holds_only_what_training_changed(dataset: Path, tmp_path: Pa
     assert config["backbone"] == "tiny_dinov2" and config["adapter"] == "molre"
     assert config["molre"]["experts"] == 2 and config["grid"] == list(GRID)
     assert len(config["findings"]) == 75
+    assert config["synthetic"] is True  # the data folder is headct synth's: the run records it
 
 
 def test_save_load_and_resume_are_exact(dataset: Path, tmp_path: Path) -> None:
@@ -103,8 +107,6 @@ def test_save_load_and_resume_are_exact(dataset: Path, tmp_path: Path) -> None:
     # A loaded run predicts exactly what training recorded on its validation studies.
     model, _ = load_run(whole)
     recorded = Predictions.load(whole / "validation_predictions.npz")
-    from training.evaluation_run import predict_run
-
     labels_dir = tmp_path / "validation_only"
     labels_dir.mkdir()
     rows = (dataset / "labels.csv").read_text().splitlines()

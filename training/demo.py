@@ -35,12 +35,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.findings import FINDINGS, Category
+from service.findings import FINDING_CODES, FINDINGS, Category
 from synth import SynthOptions, synthesize
-from training.evaluate import Predictions, _resampled_auc
-from training.operating_points import measure, priority_operating_points
+from training.config import PretrainConfig, TrainConfig
+from training.evaluate import Predictions, category_positive, macro_auc, resampled_auc
+from training.model import ModelOutput
+from training.molre import MoLREConfig
+from training.operating_points import (
+    level_points,
+    priority_operating_points,
+    study_levels,
+    true_levels,
+)
 from training.report import write_report
-from training.train import TrainConfig, load_run, train
+from training.runs import load_run, predict_run
+from training.train import train
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +60,7 @@ SYNTHETIC_NOTE = (
 BACKBONE = "demo_vit"
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "demo_vit"
 MIN_POSITIVES = 5  # a finding enters the headline macro AUC with at least this many positives
+BATCH = 4  # studies per forward when the runs predict the test and calibration sets
 
 # Every arm trains the same way (data, epochs, learning rate, seeds); alpha = 2r throughout.
 ARMS: dict[str, dict[str, Any]] = {
@@ -135,7 +145,7 @@ def _synthesize(out: Path, sizes: DemoSizes) -> dict[str, Path]:
 
 def _quick_backbone(out: Path, sizes: DemoSizes) -> Path:
     """A backbone pretrained here for a few steps (QUICK: exercises ``headct pretrain``)."""
-    from training.pretrain import PretrainConfig, export_weights, pretrain
+    from training.pretrain import export_weights, pretrain
 
     run = out / "runs" / "pretrain"
     config = PretrainConfig(
@@ -167,7 +177,7 @@ def _train_arm(
         backbone=sizes.pretrain_backbone if sizes.pretrain_steps else BACKBONE,
         weights=str(weights),
         adapter=settings.pop("adapter"),
-        molre=settings.pop("molre", {}),
+        molre=MoLREConfig(**settings.pop("molre", {})),
         grid=sizes.grid,
         epochs=sizes.adapter_epochs,
         batch_size=sizes.batch_size,
@@ -191,31 +201,13 @@ class Detailed:
 
 
 def predict_detailed(run: Path, data: Path, name: str) -> Detailed:
-    from torch.utils.data import DataLoader
+    attention, slices = [], []
 
-    from service.preprocess import ModelGrid
-    from training.data import build_cache, read_labels
-    from training.dataset import CachedStudyDataset
+    def keep(output: ModelOutput) -> None:
+        attention.append(output.slice_attention.numpy())
+        slices.append(output.slice_router_weights.numpy())
 
-    model, config = load_run(run)
-    studies, _ = build_cache(read_labels(data), data / ".cache", ModelGrid(*config["grid"]))
-    labels, probabilities, routers, attention, slices = [], [], [], [], []
-    with torch.no_grad():
-        for volume, target, _ in DataLoader(CachedStudyDataset(studies), batch_size=4):
-            output = model(volume)
-            labels.append(target.numpy())
-            probabilities.append(output.probabilities.numpy())
-            routers.append(output.router_weights.numpy())
-            attention.append(output.slice_attention.numpy())
-            slices.append(output.slice_router_weights.numpy())
-    router = np.concatenate(routers)
-    predictions = Predictions(
-        run_name=name,
-        study_uids=[s.record.study_uid for s in studies],
-        labels=np.concatenate(labels),
-        probabilities=np.concatenate(probabilities),
-        router_weights=router if router.shape[1] > 1 else None,
-    )
+    predictions = predict_run(run, data, name=name, batch_size=BATCH, each_output=keep)
     return Detailed(predictions, np.concatenate(attention), np.concatenate(slices))
 
 
@@ -246,16 +238,9 @@ def key_slice_check(detailed: Detailed, test: Path, depth: int) -> dict[str, flo
 def _categories(labels: np.ndarray) -> np.ndarray:
     """Per study: the index of its one positive category, len(Category) for no finding, -1 for
     studies with findings in several categories (left out of the dependence measures)."""
-    categories = list(Category)
-    by_category = np.stack(
-        [
-            (labels[:, [j for j, f in enumerate(FINDINGS) if f.category is c]] == 1).any(axis=1)
-            for c in categories
-        ],
-        axis=1,
-    )
+    by_category = category_positive(labels)
     count = by_category.sum(axis=1)
-    return np.where(count == 0, len(categories), np.where(count == 1, by_category.argmax(1), -1))
+    return np.where(count == 0, len(Category), np.where(count == 1, by_category.argmax(1), -1))
 
 
 def router_dependence(detailed: Detailed) -> dict[str, Any]:
@@ -325,14 +310,6 @@ def _scorable(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return (positives > 0) & (negatives > 0), 1
 
 
-def _macro(probabilities: np.ndarray, labels: np.ndarray, columns: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(
-        np.mean([roc_auc_score(labels[:, j], probabilities[:, j]) for j in np.flatnonzero(columns)])
-    )
-
-
 def fair_comparison(
     test: dict[str, list[Predictions]], bootstrap: int, reference: str = "molre"
 ) -> dict[str, Any]:
@@ -342,17 +319,18 @@ def fair_comparison(
     first = next(iter(test.values()))[0]
     labels = first.labels
     columns, min_positives = _scorable(labels)
+    scored = [FINDING_CODES[j] for j in np.flatnonzero(columns)]
     rng = np.random.default_rng(0)
     counts = rng.multinomial(len(labels), np.full(len(labels), 1 / len(labels)), size=bootstrap)
     resampled: dict[str, np.ndarray] = {}
     arms: dict[str, Any] = {}
     for arm, runs in test.items():
-        per_seed = [_macro(p.probabilities, labels, columns) for p in runs]
+        per_seed = [macro_auc(p, scored) for p in runs]
         draws = np.zeros(bootstrap)
         for p in runs:
             aucs = np.stack(
                 [
-                    _resampled_auc(p.probabilities[:, j], labels[:, j], counts)
+                    resampled_auc(p.probabilities[:, j], labels[:, j], counts)
                     for j in np.flatnonzero(columns)
                 ],
                 axis=1,
@@ -397,15 +375,8 @@ def triage_at_operating_points(calibration: Predictions, test: Predictions) -> d
     """Thresholds chosen for the priority on the calibration set, measured on the test set."""
     choices, chosen = priority_operating_points(calibration.labels, calibration.probabilities)
     thresholds = np.array([c.threshold for c in choices])
-    points = measure(
-        test.labels,
-        test.probabilities,
-        thresholds,
-        {p.level: p.false_positive_rate for p in chosen},
-    )
-    from training.operating_points import study_levels, true_levels
-
     truth, called = true_levels(test.labels), study_levels(test.probabilities, thresholds)
+    points = level_points(truth, called, {p.level: p.false_positive_rate for p in chosen})
     normal = ~(test.labels == 1).any(axis=1)
     return {
         "calibration": [p.to_dict() for p in chosen],
@@ -460,7 +431,7 @@ def run_demo(
         for seed in sizes.seeds:
             test[arm].append(predict_detailed(runs[arm][seed], folders["test"], arm))
             calibration[arm].append(
-                predict_detailed(runs[arm][seed], folders["calibration"], arm).predictions
+                predict_run(runs[arm][seed], folders["calibration"], name=arm, batch_size=BATCH)
             )
     order = [a for a in ("molre", "lora", "lora_matched", "probe") if a in sizes.arms]
     metrics = write_report(
@@ -527,7 +498,6 @@ def _export(
             "demo_vit pretrained on streamed phantoms (training/weights/demo_vit); not patient "
             "data"
         ),
-        synthetic=True,
     )
     # The repository keeps the new version only: older demo versions leave with it. (The CPU
     # model's one version, headct_molre_cpu/1, already points at the new model.onnx.)

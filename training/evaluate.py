@@ -9,7 +9,7 @@ finding whose known labels hold only one class has no AUC and is left out of eve
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,13 +120,16 @@ def _mean_defined(values: list[float | None]) -> float | None:
     return float(np.mean(defined)) if defined else None
 
 
-def macro_auc(p: Predictions) -> float:
-    """Mean AUC over the findings that have one; NaN when none has."""
-    mean = _mean_defined(list(per_finding_auc(p).values()))
+def macro_auc(p: Predictions, findings: Sequence[str] | None = None) -> float:
+    """Mean AUC over the findings (default all) that have one; NaN when none has."""
+    aucs = per_finding_auc(p)
+    mean = _mean_defined(
+        [aucs[code] for code in findings] if findings is not None else list(aucs.values())
+    )
     return float("nan") if mean is None else mean
 
 
-def _resampled_auc(scores: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def resampled_auc(scores: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """AUC of each resample of one finding, given how often each study was drawn.
 
     ``counts`` is [B, N]: a resample holding study i ``counts[b, i]`` times has the
@@ -164,7 +167,7 @@ def bootstrap_macro_auc(p: Predictions, n: int = 1000, seed: int = 0) -> tuple[f
     replicate_aucs = np.empty((n, len(defined)))
     for column, j in enumerate(defined):
         known = ~np.isnan(p.labels[:, j])
-        replicate_aucs[:, column] = _resampled_auc(
+        replicate_aucs[:, column] = resampled_auc(
             p.probabilities[known, j], p.labels[known, j], counts[:, known]
         )
     with np.errstate(invalid="ignore"):
@@ -197,6 +200,19 @@ def _entropy(weights: np.ndarray) -> np.ndarray:
     return -(weights * np.log(safe)).sum(axis=-1)
 
 
+def category_positive(labels: np.ndarray) -> np.ndarray:
+    """[N, categories] in ``Category`` order: whether each study is positive for at least one
+    finding of each category (an unknown label is not positive)."""
+    positive = labels == 1.0  # NaN compares False
+    return np.stack(
+        [
+            positive[:, [j for j, f in enumerate(FINDINGS) if f.category is category]].any(axis=1)
+            for category in Category
+        ],
+        axis=1,
+    )
+
+
 def router_analysis(p: Predictions) -> dict:
     """Which experts each kind of pathology uses, and how spread the routing is.
 
@@ -210,17 +226,16 @@ def router_analysis(p: Predictions) -> dict:
         raise ValueError(f"run {p.run_name!r} has no router weights (a baseline without a router)")
     weights = p.router_weights
     k = weights.shape[1]
-    positive = p.labels == 1.0  # NaN compares False: unknown is not positive
 
     def summary(mask: np.ndarray) -> dict:
         studies = int(mask.sum())
         mean = weights[mask].mean(axis=0).tolist() if studies else None
         return {"studies": studies, "mean_weights": mean}
 
-    by_category = {}
-    for category in Category:
-        columns = [j for j, f in enumerate(FINDINGS) if f.category is category]
-        by_category[category.value] = summary(positive[:, columns].any(axis=1))
+    in_category = category_positive(p.labels)
+    by_category = {
+        category.value: summary(in_category[:, c]) for c, category in enumerate(Category)
+    }
     usage = weights.mean(axis=0) if p.num_studies else None
     return {
         "K": k,
@@ -229,7 +244,7 @@ def router_analysis(p: Predictions) -> dict:
         "usage_entropy": float(_entropy(usage)) if usage is not None else None,
         "max_entropy": float(np.log(k)),
         "by_category": by_category,
-        "no_finding": summary(~positive.any(axis=1)),
+        "no_finding": summary(~in_category.any(axis=1)),
     }
 
 

@@ -5,25 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
-
-from service.preprocess import ModelGrid
-from training.data import build_cache, read_labels
-from training.dataset import CachedStudyDataset
-from training.evaluate import Predictions
 from training.report import write_report
-from training.train import load_run, predict
-
-
-def predict_run(run: Path, data: Path, *, batch_size: int = 2) -> Predictions:
-    """Predictions of one run folder's best checkpoint on every ingestible study of ``data``."""
-    model, config = load_run(run)
-    grid = ModelGrid(*config["grid"])
-    studies, _ = build_cache(read_labels(data), data / ".cache", grid)
-    loader = DataLoader(CachedStudyDataset(studies), batch_size=batch_size)
-    name = run.name
-    return predict(model, loader, torch.device("cpu"), name, [s.record.study_uid for s in studies])
+from training.runs import predict_run
 
 
 def evaluate_runs(

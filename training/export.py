@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -58,8 +57,8 @@ from training.repository import (
     next_version,
     publish,
 )
+from training.runs import RunConfig, load_run
 from training.thresholds import ThresholdChoice, choose_thresholds, router_reference
-from training.train import load_run
 
 log = logging.getLogger(__name__)
 
@@ -128,21 +127,17 @@ class ValidationSet:
             yield np.stack([np.load(path) for path in paths]).astype(np.int16)
 
 
-def load_validation_set(data: Path, config: dict[str, Any]) -> ValidationSet:
+def load_validation_set(data: Path, config: RunConfig) -> ValidationSet:
     """The studies of ``data`` on the run's grid; only the run's validation split when ``data`` is
     the folder the run was trained on (its training studies would flatter every number)."""
-    train = config.get("train", {})
-    grid = ModelGrid(*config["grid"])
-    trained_on = Path(train["data"]).resolve() if train.get("data") else None
-    same = trained_on == data.resolve()
-    cache = Path(train["cache"]) if same and train.get("cache") else data / ".cache"
-    studies, failures = build_cache(read_labels(data), cache, grid)
+    train = config.train
+    same = Path(train.data).resolve() == data.resolve()
+    cache = Path(train.cache) if same and train.cache else data / ".cache"
+    studies, failures = build_cache(read_labels(data), cache, ModelGrid(*config.grid))
     if failures:
         log.warning("%d validation studies could not be ingested: %s", len(failures), failures)
     if same:
-        _, studies = split_by_patient(
-            studies, train.get("validation_fraction", 0.2), train.get("seed", 0)
-        )
+        _, studies = split_by_patient(studies, train.validation_fraction, train.seed)
     if not studies:
         raise ExportError(f"no usable validation studies in {data}")
     return ValidationSet(
@@ -240,45 +235,47 @@ def max_abs_difference(a: Outputs, b: Outputs) -> float:
 
 def build_card(
     model: HeadCTModel,
-    config: dict[str, Any],
+    config: RunConfig,
     *,
     name: str,
     version: int,
     thresholds: list[ThresholdChoice],
     router: list[float],
     metrics: dict[str, float | None],
+    synthetic: bool,
     training_data: str | None = None,
-    synthetic: bool = True,
     operating_points: list[CardOperatingPoint] | None = None,
 ) -> ModelCard:
     """The model card of a trained run (see docs/ARCHITECTURE.md, "Contracts")."""
-    d, h, w = config["grid"]
+    d, h, w = config.grid
     counts = count_parameters(model)
     summary = model.adapter_summary()
     if training_data is None:
-        studies = f"{config.get('train_studies', '?')} training and "
-        studies += f"{config.get('validation_studies', '?')} validation studies"
+        studies = (
+            f"{config.train_studies or '?'} training and "
+            f"{config.validation_studies or '?'} validation studies"
+        )
         training_data = (
             f"Synthetic head CT phantoms written by `headct synth` ({studies}); no patient data."
             if synthetic
-            else f"{config.get('train', {}).get('data', 'unknown')} ({studies})."
+            else f"{config.train.data} ({studies})."
         )
     description = (
-        f"{summary['kind']} adapter ({summary['experts']} experts) on a {config['backbone']} "
+        f"{summary['kind']} adapter ({summary['experts']} experts) on a {config.backbone} "
         "backbone: probabilities of 75 head CT findings, the router's expert weights and per-slice "
         f"attention, from a non-contrast head CT resampled to {d}x{h}x{w}."
     )
     if synthetic:
         description += " Trained on synthetic phantoms: not for clinical use."
-    trained = str(config.get("created") or datetime.now(UTC).isoformat())[:10]
+    trained = str(config.created or datetime.now(UTC).isoformat())[:10]
     return ModelCard(
         name=name,
         version=version,
         description=description,
         intended_use=NOT_FOR_CLINICAL_USE if synthetic else RESEARCH_USE,
         backbone=CardBackbone(
-            name=config["backbone"],
-            weights_sha256=config.get("weights_sha256"),
+            name=config.backbone,
+            weights_sha256=config.weights_sha256,
             parameters=counts.backbone,
         ),
         adapter=CardAdapter(
@@ -353,7 +350,7 @@ def export_run(
     fp16: bool = False,
     int8: bool = False,
     training_data: str | None = None,
-    synthetic: bool = True,
+    synthetic: bool | None = None,
     threshold_policy: str = "priority",
     execution_env: str = DEFAULT_EXECUTION_ENV,
     tolerance: float = TOLERANCE,
@@ -363,12 +360,14 @@ def export_run(
     """Export ``run`` into ``repository`` as version ``version`` (default: the next) of ``name``.
 
     PyTorch runs on the first ``parity_studies`` studies (the parity check); onnxruntime and the
-    variants on all of them (thresholds, router reference, AUC)."""
+    variants on all of them (thresholds, router reference, AUC). The card says whether the model
+    was trained on synthetic phantoms as the run recorded it (``card_synthetic``)."""
     version = version or next_version(repository / name)
     if (repository / name / str(version)).exists():
         raise ExportError(f"{repository / name / str(version)} exists; choose another --version")
     model, config = load_run(run)
-    grid = ModelGrid(*config["grid"])
+    synthetic = card_synthetic(run, config, synthetic)
+    grid = ModelGrid(*config.grid)
     validation = load_validation_set(validation_data, config) if validation_data else None
 
     with tempfile.TemporaryDirectory(prefix="headct-export-") as tmp:
@@ -456,6 +455,26 @@ def export_run(
         )
         published = publish(repository, card, staged, execution_env=execution_env)
     return ExportResult(published, card, thresholds)
+
+
+def card_synthetic(run: Path, config: RunConfig, synthetic: bool | None) -> bool:
+    """Whether the card says the model was trained on synthetic phantoms (not for clinical use):
+    what the run recorded about its training data, ``synthetic`` only where it recorded nothing
+    (runs trained before it was recorded). Never guessed, and never real for phantoms."""
+    if config.synthetic is None:
+        if synthetic is None:
+            raise ExportError(
+                f"{run} does not record whether its training data were synthetic (it was trained "
+                "before runs recorded it): pass --synthetic if it was trained on phantoms (the "
+                "card then says not for clinical use), --no-synthetic if on real studies"
+            )
+        return synthetic
+    if config.synthetic and synthetic is False:
+        raise ExportError(
+            f"{run} was trained on synthetic phantoms ({config.train.data}): its card cannot "
+            "say otherwise; leave out --no-synthetic"
+        )
+    return config.synthetic or bool(synthetic)
 
 
 def _run_predictions(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

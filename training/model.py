@@ -26,7 +26,8 @@ from torch import nn
 from service.contract import ADAPTER_KINDS, DEFAULT_WINDOWS, AdapterKind, HUWindow
 from service.findings import NUM_FINDINGS
 from training.backbones import SliceBackbone, create_backbone
-from training.molre import MoLREConfig, expert_layers, inject_molre
+from training.molre import MoLREConfig
+from training.molre.injector import expert_layers, inject_molre
 from training.pooling import GatedAttentionPooling
 
 
@@ -42,6 +43,33 @@ class HUWindowing(nn.Module):
 
     def forward(self, hu: torch.Tensor) -> torch.Tensor:
         return ((hu.float().unsqueeze(2) - self.low) / self.width).clamp(0.0, 1.0)
+
+
+class SlicePixels(nn.Module):
+    """HU [B, D, H, W] to what the backbone reads, slice by slice: the windows as channels,
+    resized to its input size and normalised with its mean and std, [B*D, 3, S, S]. The one
+    path from HU to pixels, for the product model and for the backbone's pretraining."""
+
+    def __init__(self, windows: Sequence[HUWindow], backbone: SliceBackbone) -> None:
+        super().__init__()
+        self.windowing = HUWindowing(windows)
+        self.size = backbone.input_size
+        shape = (1, 3, 1, 1)
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(shape), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std).view(shape), persistent=False)
+
+    def forward(self, hu: torch.Tensor) -> torch.Tensor:
+        slices = self.windowing(hu).flatten(0, 1)
+        if tuple(slices.shape[-2:]) != (self.size, self.size):
+            # antialias off: the ONNX Resize op has no antialiasing; downsampling is mild here.
+            slices = F.interpolate(
+                slices,
+                size=(self.size, self.size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=False,
+            )
+        return (slices - self.mean) / self.std
 
 
 class ModelOutput(NamedTuple):
@@ -75,12 +103,9 @@ class HeadCTModel(nn.Module):
         self.adapter = adapter
         self.molre = _adapter_config(adapter, molre)
         self.windows = tuple(windows)
-        self.windowing = HUWindowing(self.windows)
+        self.pixels = SlicePixels(self.windows, backbone)
         self.backbone = backbone
         assert isinstance(backbone, nn.Module)
-        shape = (1, 3, 1, 1)
-        self.register_buffer("mean", torch.tensor(backbone.mean).view(shape), persistent=False)
-        self.register_buffer("std", torch.tensor(backbone.std).view(shape), persistent=False)
 
         if self.molre is not None:
             self.expert_layer_names = inject_molre(backbone, self.molre)
@@ -119,17 +144,6 @@ class HeadCTModel(nn.Module):
                     module.eval()
         return self
 
-    def _pixels(self, volume: torch.Tensor) -> torch.Tensor:
-        """Windowed, resized, normalised slices [B*D, 3, S, S]."""
-        slices = self.windowing(volume).flatten(0, 1)
-        size = self.backbone.input_size
-        if tuple(slices.shape[-2:]) != (size, size):
-            # antialias off: the ONNX Resize op has no antialiasing; downsampling is mild here.
-            slices = F.interpolate(
-                slices, size=(size, size), mode="bilinear", align_corners=False, antialias=False
-            )
-        return (slices - self.mean) / self.std
-
     def _collect_gates(self, batch: int, items: int, like: torch.Tensor) -> torch.Tensor:
         """The gates the expert layers computed in this forward, [batch, items, L, K]."""
         if not self._expert_layers:
@@ -145,7 +159,7 @@ class HeadCTModel(nn.Module):
     def forward(self, volume: torch.Tensor, slice_mask: torch.Tensor | None = None) -> ModelOutput:
         """``volume``: HU [B, D, H, W]; ``slice_mask`` [B, D], True for real (unpadded) slices."""
         batch, depth = volume.shape[0], volume.shape[1]
-        pixels = self._pixels(volume)
+        pixels = self.pixels(volume)
         if self.backbone.kind == "2d":
             features = self.backbone(pixels).unflatten(0, (batch, depth))  # [B, D, F]
             gates = self._collect_gates(batch, depth, features)

@@ -116,7 +116,14 @@ def measure(
     rates: dict[str, float] | None = None,
 ) -> list[PriorityPoint]:
     """Sensitivity and specificity of each priority level for these thresholds."""
-    truth, predicted = true_levels(labels), study_levels(probabilities, thresholds)
+    return level_points(true_levels(labels), study_levels(probabilities, thresholds), rates)
+
+
+def level_points(
+    truth: np.ndarray, predicted: np.ndarray, rates: dict[str, float] | None = None
+) -> list[PriorityPoint]:
+    """Sensitivity and specificity of each priority level, from the true and the predicted
+    priority of each study (``true_levels``, ``study_levels``)."""
     points = []
     for level, floor in (("critical", 2), ("urgent", 1)):
         positive, called = truth >= floor, predicted >= floor

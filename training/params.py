@@ -5,18 +5,23 @@ on the full-size backbones. Models are built on PyTorch's meta device (shapes wi
 initialisation), so even SigLIP so400m counts in well under a second.
 
     python -m training.params
+
+PyTorch is imported where a model is built or counted, so that on an install without the train
+extra the command says what to install instead of failing on ``import torch``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from service.contract import ADAPTER_KINDS, AdapterKind
-from training.model import HeadCTModel, build_model
-from training.molre import MoLREConfig, expert_layers
+from training import require_train_extra
+from training.molre import MoLREConfig
+
+if TYPE_CHECKING:
+    from training.model import HeadCTModel
 
 TABLE_BACKBONES = ("dinov2_base", "dinov3_base", "siglip_so400m")
 
@@ -42,6 +47,8 @@ class ParameterCount:
 
 def count_parameters(model: HeadCTModel) -> ParameterCount:
     """Count ``model``'s backbone, added (experts + routers) and trainable parameters."""
+    from training.molre.injector import expert_layers
+
     added = 0
     for _, layer in expert_layers(model.backbone):
         base = sum(p.numel() for p in layer.base_layer.parameters())
@@ -60,6 +67,10 @@ def count_for(
     backbone_name: str, adapter: AdapterKind, molre: MoLREConfig | None = None
 ) -> ParameterCount:
     """Count a model built on the meta device (no weights are allocated or initialised)."""
+    import torch
+
+    from training.model import build_model
+
     with torch.device("meta"):
         model = build_model(backbone_name, adapter, molre)
     return count_parameters(model)
@@ -99,5 +110,10 @@ def format_table(rows: Sequence[ParameterCount]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    require_train_extra("python -m training.params")
     print(format_table(parameter_table()))
+
+
+if __name__ == "__main__":
+    main()

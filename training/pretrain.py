@@ -32,7 +32,7 @@ import math
 import multiprocessing as mp
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,86 +42,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from service.contract import DEFAULT_WINDOWS
-from service.findings import FINDING_CODES
 from training.backbones import SliceBackbone, create_backbone
-from training.model import HUWindowing
+from training.ceiling import CEILING_CNN
+from training.config import PretrainConfig
+from training.model import SlicePixels
 
 log = logging.getLogger(__name__)
 
-# The backbone learns every other finding; the rest are left for the adapters to add.
-PRETRAINING_FINDINGS: tuple[str, ...] = tuple(FINDING_CODES[::2])
 POSITION_BINS = 8
 # Seeds of the streams: training studies are [seed, TRAIN_STREAM, i], validation [seed, VAL, i].
 TRAIN_STREAM = 1
 VALIDATION_STREAM = 2
-
-
-@dataclass
-class PretrainConfig:
-    out: str = field(metadata={"help": "Run folder (config, checkpoints, validation curve)."})
-    backbone: str = field(default="demo_vit", metadata={"help": "Registered backbone name."})
-    findings: tuple[str, ...] = field(
-        default=PRETRAINING_FINDINGS,
-        metadata={"help": "Findings with slice-level targets (default: every other one)."},
-    )
-    grid: tuple[int, int, int] = field(
-        default=(32, 128, 128), metadata={"help": "Model grid: slices, rows, columns."}
-    )
-    source_matrix: int = field(
-        default=256, metadata={"help": "Matrix the phantoms are generated at, then averaged."}
-    )
-    prevalence_scale: float = field(
-        default=4.0, metadata={"help": "Finding prevalence multiplier of the streamed phantoms."}
-    )
-    steps: int = field(default=20000, metadata={"help": "Optimiser steps the schedule spans."})
-    slices_per_step: int = field(default=64, metadata={"help": "Slices in one batch."})
-    studies_per_step: float = field(
-        default=2.0, metadata={"help": "Fresh studies entering the shuffle buffer per step."}
-    )
-    buffer_studies: int = field(
-        default=24, metadata={"help": "Studies in the shuffle buffer slices are drawn from."}
-    )
-    lr: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
-    warmup_steps: int = field(default=500, metadata={"help": "Linear warm-up steps."})
-    position_weight: float = field(
-        default=0.2, metadata={"help": "Weight of the slice-position auxiliary loss."}
-    )
-    positive_weight_cap: float = field(
-        default=10.0, metadata={"help": "Cap of sqrt(neg/pos) per-finding positive weights."}
-    )
-    validation_studies: int = field(
-        default=96, metadata={"help": "Held-out studies of the validation curve."}
-    )
-    validate_every: int = field(default=500, metadata={"help": "Steps between validations."})
-    checkpoint_every_s: float = field(
-        default=300.0, metadata={"help": "Seconds between checkpoints (and at the end)."}
-    )
-    workers: int = field(default=1, metadata={"help": "Generator processes (0: in-process)."})
-    threads: int = field(default=0, metadata={"help": "Torch threads (0: torch's default)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the study streams and the model."})
-    per_finding: bool = field(
-        default=False, metadata={"help": "Log each finding's validation AUC too."}
-    )
-
-    def __post_init__(self) -> None:
-        self.findings = tuple(self.findings)
-        self.grid = tuple(self.grid)  # type: ignore[assignment]
-        unknown = sorted(set(self.findings) - set(FINDING_CODES))
-        if unknown or not self.findings:
-            raise ValueError(f"findings must be a non-empty subset of the 75 codes: {unknown}")
-        if self.source_matrix % self.grid[1] or self.source_matrix % self.grid[2]:
-            raise ValueError("source_matrix must be a multiple of the grid's rows and columns")
-        if self.slices_per_step < 2 or self.buffer_studies < 1 or self.studies_per_step <= 0:
-            raise ValueError("slices_per_step >= 2, buffer_studies >= 1, studies_per_step > 0")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown PretrainConfig fields {unknown}")
-        return cls(**data)
 
 
 @dataclass
@@ -150,9 +81,6 @@ def make_study(config: PretrainConfig, stream: int, index: int) -> SliceStudy:
         for s in study.lesion_slices.get(code, ()):
             targets[int(s), column] = 1
     return SliceStudy(hu, targets, study.labels)
-
-
-CEILING_CNN = "ceiling_cnn"
 
 
 class SliceCNN(nn.Module):
@@ -199,18 +127,12 @@ class SlicePretrainer(nn.Module):
         super().__init__()
         assert isinstance(backbone, nn.Module)
         self.backbone = backbone
-        self.windowing = HUWindowing(DEFAULT_WINDOWS)
-        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
+        self.pixels = SlicePixels(DEFAULT_WINDOWS, backbone)
         self.findings = nn.Linear(backbone.feature_dim, findings)
         self.position = nn.Linear(backbone.feature_dim, POSITION_BINS)
 
     def forward(self, hu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = self.windowing(hu.unsqueeze(1)).squeeze(1)  # [N, 3, H, W]
-        size = self.backbone.input_size
-        if tuple(pixels.shape[-2:]) != (size, size):
-            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
-        features = self.backbone((pixels - self.mean) / self.std)
+        features = self.backbone(self.pixels(hu.unsqueeze(1)))  # each slice a one-slice volume
         return self.findings(features), self.position(features)
 
 

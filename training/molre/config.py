@@ -1,14 +1,17 @@
 """``MoLREConfig``: how many low-rank experts, of which rank, on which layers, routed how.
 
 The config travels as JSON beside the trained weights (and into the model card), so a run can be
-rebuilt exactly: ``MoLREConfig.from_dict(json.loads(text))``.
+rebuilt exactly: ``MoLREConfig.from_dict(json.loads(text))``. Torch-free: the ``headct train``
+options come from its fields.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from training.config_fields import config_from_dict
 
 # Target roles a backbone family knows how to name (see ``training.backbones``); any other string
 # in ``target_modules`` is a regular expression matched against module names.
@@ -103,8 +106,4 @@ class MoLREConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MoLREConfig:
         """The inverse of ``to_dict``; unknown keys are an error, so a typo cannot pass silently."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown MoLREConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+        return config_from_dict(cls, data)
