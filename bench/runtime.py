@@ -243,6 +243,12 @@ def main() -> None:
         "thread keeps the ratios steady on a shared machine.",
     )
     parser.add_argument("--no-triton", action="store_true", help="Skip the Triton comparison.")
+    parser.add_argument(
+        "--synthetic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="With --run: the card's synthetic label, for runs that did not record their data.",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
@@ -252,7 +258,7 @@ def main() -> None:
         repository = args.repository
         if args.run:
             repository = scratch / "repository"
-            export_run(args.run, repository, name=args.name, int8=True)
+            export_run(args.run, repository, name=args.name, int8=True, synthetic=args.synthetic)
         folder = newest_version(repository / args.name)
         card = read_card(folder, None)
         grid = ModelGrid(card.grid.depth, card.grid.height, card.grid.width)
