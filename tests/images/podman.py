@@ -8,10 +8,12 @@ podman reads ``CONTAINERS_CONF``; unset, it is the repository's ``docker/podman/
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -80,7 +82,11 @@ class Podman:
             args += ["--target", target]
         for key, value in (build_args or {}).items():
             args += ["--build-arg", f"{key}={value}"]
-        self(*args, ".", timeout=BUILD_TIMEOUT_S)
+        # One build of a tag at a time (pytest-xdist workers): the next one finds it cached.
+        lock = Path(tempfile.gettempdir()) / f"headct-build-{tag.replace('/', '_')}.lock"
+        with lock.open("w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            self(*args, ".", timeout=BUILD_TIMEOUT_S)
         return tag
 
     def inspect(self, name: str, kind: str = "container") -> dict[str, Any]:
