@@ -38,14 +38,16 @@ qualify() {
         *) echo "docker.io/library/$1" ;;
     esac
 }
-DEBIAN_IMAGE=localhost/debian:bookworm
-PYTHON_IMAGE=$(qualify "$(sed -n 's/^ARG PYTHON_IMAGE=//p' docker/gateway.Dockerfile)")
-PROMETHEUS_IMAGE=$(qualify "$(sed -n 's/^ *image: *\(prom\/prometheus:.*\)$/\1/p' docker-compose.yml)")
+python_from=$(sed -n 's/^ARG PYTHON_IMAGE=//p' docker/gateway.Dockerfile)
+prometheus_from=$(sed -n 's/^ *image: *\(prom\/prometheus:.*\)$/\1/p' docker-compose.yml)
 TORCH_VERSION=$(sed -n 's/^torch==//p' constraints.txt)
-TORCH_IMAGE=localhost/headct-torch-cpu:$TORCH_VERSION
-[ "$PYTHON_IMAGE" != docker.io/library/ ] || die "no ARG PYTHON_IMAGE= in docker/gateway.Dockerfile"
-[ "$PROMETHEUS_IMAGE" != docker.io/ ] || die "no prom/prometheus image in docker-compose.yml"
+[ -n "$python_from" ] || die "no ARG PYTHON_IMAGE= in docker/gateway.Dockerfile"
+[ -n "$prometheus_from" ] || die "no prom/prometheus image in docker-compose.yml"
 [ -n "$TORCH_VERSION" ] || die "no torch== pin in constraints.txt"
+DEBIAN_IMAGE=localhost/debian:bookworm
+PYTHON_IMAGE=$(qualify "$python_from")
+PROMETHEUS_IMAGE=$(qualify "$prometheus_from")
+TORCH_IMAGE=localhost/headct-torch-cpu:$TORCH_VERSION
 
 name_of() {
     case $1 in
