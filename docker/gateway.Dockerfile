@@ -6,6 +6,7 @@
 # Build from the repository root:
 #   docker build -f docker/gateway.Dockerfile --target runtime  -t headct-gateway:0.1.0 .
 #   docker build -f docker/gateway.Dockerfile --target embedded -t headct-gateway:0.1.0-embedded .
+# (podman build: add --format docker, or podman drops the HEALTHCHECK from its default OCI format)
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -21,6 +22,12 @@ COPY service/ service/
 RUN /opt/venv/bin/pip install --upgrade pip \
     && /opt/venv/bin/pip install . \
     && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
+# The images copy only /opt/venv from here: leave out what the gateway never runs (the installers,
+# the packages' own test suites, onnxruntime's model conversion and quantization tools).
+RUN /opt/venv/bin/python -m pip uninstall --yes pip setuptools \
+    && find /opt/venv -depth -type d -name tests -exec rm -rf {} + \
+    && cd /opt/venv/lib/python3*/site-packages/onnxruntime \
+    && rm -rf transformers quantization tools
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="headct-triage gateway" \

@@ -9,7 +9,10 @@
 # Other commands, e.g. export into the repository Triton serves (mounted over the copy inside):
 #   docker run --gpus all -v $PWD/runs:/runs -v $PWD/model_repository:/opt/headct/model_repository \
 #     --entrypoint headct headct-training:0.1.0 export --run /runs/molre
-FROM pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
+# Where no image registry is reachable, docker/build-local-base.sh makes a CPU-torch stand-in:
+#   --build-arg PYTORCH_IMAGE=localhost/headct-torch-cpu:<torch version>
+ARG PYTORCH_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
+FROM ${PYTORCH_IMAGE}
 
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 WORKDIR /opt/headct
