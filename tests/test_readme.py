@@ -25,7 +25,7 @@ def test_readme_runs_headct_one_way() -> None:
 
 
 def test_every_headct_command_the_readme_names_exists() -> None:
-    named = set(re.findall(r"\bheadct\s+([a-z]+)\b", README))
+    named = set(re.findall(r"\bheadct\s+([a-z]+)(?![\w-])", README))
     assert {"serve", "triage", "synth", "train"} <= named
     assert named <= set(_commands()), named - set(_commands())
 

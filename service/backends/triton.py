@@ -7,7 +7,7 @@ follows Triton's model readiness. The HTTP client is not safe to share between O
 on gevent), so each worker thread keeps its own; ``close`` closes them all.
 
 Checked against the real server bundled in the ``nvidia-pytriton`` wheel by
-``tests/gateway/test_triton_backend.py``: a server that dies while a request is in flight closes
+``tests/service/test_triton_backend.py``: a server that dies while a request is in flight closes
 the connection (``http.client.HTTPException`` from geventhttpclient, not an ``OSError``), which
 is as much an outage as a refused connection; a request that Triton's queue policy rejected
 ("Request timeout expired", an HTTP 503 from Triton) is a timeout, not an outage.

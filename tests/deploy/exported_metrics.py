@@ -57,7 +57,7 @@ def gateway_exposition(scratch: Path) -> str:
     from service.app import create_app
     from service.settings import Settings
     from testing.onnx_fixture import write_fixture_repository
-    from tests.gateway.studies import multipart_files, write_synthetic_study
+    from testing.studies import multipart_files, write_synthetic_study
 
     fixture = write_fixture_repository(scratch / "model_repository")
     study = write_synthetic_study(scratch / "study", seed=3, slices=20)

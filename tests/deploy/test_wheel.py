@@ -24,9 +24,9 @@ import pytest
 
 from service.settings import DEFAULT_MODEL_REPOSITORY
 from testing.gateway_process import gateway_process
+from testing.studies import multipart_files, write_synthetic_study
 from tests.deploy.conftest import DOCKER, REPO_ROOT, run
 from tests.deploy.dockerfile import copy_sources, dockerignore_patterns, excluded, stages
-from tests.gateway.studies import multipart_files, write_synthetic_study
 
 GATEWAY_BUILD = stages(DOCKER / "gateway.Dockerfile")["build"]
 

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.gateway.studies import multipart_files, write_synthetic_study
+from testing.studies import multipart_files, write_synthetic_study
 from tests.images.podman import REPO_ROOT, Podman
 
 OPT_OUT = "HEADCT_SKIP_IMAGES"

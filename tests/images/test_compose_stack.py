@@ -22,7 +22,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.gateway.studies import multipart_files
+from testing.studies import multipart_files
 from tests.images.conftest import assert_same_triage
 from tests.images.podman import BUILD_ARGS, REPO_ROOT, Podman, free_port, podman_env
 

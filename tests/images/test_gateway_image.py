@@ -23,8 +23,8 @@ import httpx2
 import pytest
 import tritonclient.http as triton_http
 
+from testing.studies import multipart_files
 from testing.triton_local import triton_server
-from tests.gateway.studies import multipart_files
 from tests.images.conftest import MODEL_REPOSITORY, assert_same_triage
 from tests.images.podman import Container, Podman, free_port
 

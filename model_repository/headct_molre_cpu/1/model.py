@@ -11,8 +11,9 @@ or shape) gets a ``TritonError`` of its own; if the joint batch fails, each requ
 so one bad study never fails the others.
 
 Triton loads this file alone, so it cannot import the gateway's ``service.contract``: it spells the
-input's name and type again, and ``tests/test_triton.py`` holds them equal to the contract's. The
-outputs' names and types come from the config, which the export step renders from the contract.
+input's name and type again, and ``tests/training/test_triton.py`` holds them equal to the
+contract's. The outputs' names and types come from the config, which the export step renders
+from the contract.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from service.backends.base import InferenceBackend
 from service.contract import ModelOutputs
 from service.model_card import ModelCard
 from service.settings import Settings
-from tests.gateway.studies import multipart_files
+from testing.studies import multipart_files
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from service.cli import app as cli
 from testing.gateway_process import GatewayProcess, gateway_process
 from testing.onnx_fixture import FixtureModel
-from tests.gateway.conftest import PATIENT
-from tests.gateway.studies import multipart_files
+from testing.studies import multipart_files
+from tests.service.conftest import PATIENT
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -138,7 +138,7 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 def test_without_torch_the_commands_say_to_install_the_train_extra(
     arguments: list[str], tmp_path: Path
 ) -> None:
-    repository = Path(__file__).parents[1]
+    repository = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, "-c", WITHOUT_TORCH, *arguments],
         capture_output=True,

@@ -30,9 +30,9 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from service.model_card import CARD_METADATA_KEY
+from testing.studies import multipart_files
 from testing.triton_local import TritonServer, triton_server
-from tests.gateway.conftest import TRITON_MODEL
-from tests.gateway.studies import multipart_files
+from tests.service.conftest import TRITON_MODEL
 
 if TYPE_CHECKING:
     from training.export import ExportResult

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from service.cli import app as cli
 from testing.onnx_fixture import FixtureModel
-from tests.gateway.studies import multipart_files
+from testing.studies import multipart_files
 
 NOTES = b"Head CT for a fall on 2 November; compare with the prior study.\n"
 # The first bytes of a JFIF file: start of image, the APP0 segment, then image data.

@@ -26,7 +26,7 @@ from testing.onnx_fixture import (
     fixture_card,
     write_fixture_repository,
 )
-from tests.gateway.studies import multipart_files
+from testing.studies import multipart_files
 
 
 def test_settings_from_environment(

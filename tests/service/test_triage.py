@@ -14,8 +14,8 @@ from service.backends.onnx import OnnxBackend
 from service.findings import FINDING_CODES, triage_drivers, triage_priority
 from service.ingest import ingest_study
 from testing.onnx_fixture import FixtureModel
-from tests.gateway.conftest import SLICES
-from tests.gateway.studies import multipart_files, write_synthetic_study, zip_bytes
+from testing.studies import multipart_files, write_synthetic_study, zip_bytes
+from tests.service.conftest import SLICES
 
 STAGES = {"upload", "queue", "read", "select", "resample", "inference", "postprocess", "total"}
 

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import Settings
 from testing.onnx_fixture import FixtureModel, write_fixture_repository
+from testing.studies import Patient, write_synthetic_study
 from testing.triton_local import TritonServer
-from tests.gateway.studies import Patient, write_synthetic_study
 
 if TYPE_CHECKING:
     from training.export import ExportResult

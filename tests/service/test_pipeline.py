@@ -25,7 +25,7 @@ from service.pipeline import Deadlines, TriagePipeline
 from service.schemas import TriageResult
 from service.uploads import Upload, UploadLimits, receive_upload
 from testing.onnx_fixture import FixtureModel
-from tests.gateway.studies import multipart_files, write_synthetic_study
+from testing.studies import multipart_files, write_synthetic_study
 
 LIMITS = UploadLimits(
     max_bytes=2**30, max_files=1000, max_zip_uncompressed_bytes=2**30, max_zip_ratio=200.0

@@ -186,7 +186,7 @@ def test_generation_is_fast() -> None:
 
 def test_package_does_not_import_torch() -> None:
     code = "import sys, synth; sys.exit('torch' in sys.modules)"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
 
 

@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.log_config import configure_logging
 from testing.onnx_fixture import FixtureModel
-from tests.gateway.conftest import PATIENT
-from tests.gateway.studies import multipart_files
+from testing.studies import multipart_files
+from tests.service.conftest import PATIENT
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
