@@ -87,7 +87,7 @@ class Settings(BaseSettings):
         "it); 0: no minimum.",
     )
     upload_rate_grace_s: float = Field(
-        10.0, ge=0, description="Seconds an upload may take before its rate is checked."
+        5.0, ge=0, description="Seconds an upload may take before its rate is checked."
     )
     max_uploads_per_client: int = Field(
         8,
