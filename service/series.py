@@ -37,6 +37,11 @@ MIN_MATRIX, MAX_MATRIX = 16, 4096
 MIN_PIXEL_SPACING_MM, MAX_PIXEL_SPACING_MM = 0.05, 10.0
 MAX_SPACING_RATIO = 4.0
 MAX_FRAMES = 4096
+# Decoding (JPEG, JPEG 2000, JPEG-LS, RLE) is bounded like any decompression: the size the header
+# declares (frames x rows x columns x samples x bytes) at most MAX_DECODED_BYTES per object, and
+# at most MAX_DECODE_RATIO times the encapsulated bytes present, checked before decoding.
+MAX_DECODED_BYTES = 1024 * 1024 * 1024
+MAX_DECODE_RATIO = 1000
 
 # Reconstruction kernels, by vendor naming: sharp (bone, lung) kernels make brain parenchyma noisy.
 _BONE_KERNEL_MARKERS = ("BONE", "SHARP", "LUNG", "DETAIL", "EDGE", "YC", "YD", "FC30", "FC81")
@@ -265,17 +270,34 @@ def _frame_slices(ds: Dataset, source: str, frames: int) -> list[SliceRef]:
 
 
 def _check_declared_frames(ds: Dataset, source: str, frames: int) -> None:
-    """Declared frames must fit the pixel data actually present, checked before anything is
-    allocated or looped over per frame (a 133 KB file declaring 2**31 frames must not run)."""
+    """Declared sizes must fit the pixel data actually present (and, decoded, the caps), checked
+    before anything is allocated, decoded or looped over per frame (a 133 KB file declaring 2**31
+    frames must not run, nor a 1 MB JPEG 2000 declaring gigabytes of pixels)."""
     if frames < 1 or frames > MAX_FRAMES:
         raise CorruptDicomError(
             f"{source} declares {frames} frames (NumberOfFrames); 1 to {MAX_FRAMES} are read."
         )
     pixels = ds.get("PixelData")
-    if frames == 1 or not isinstance(pixels, bytes | bytearray):
+    if not isinstance(pixels, bytes | bytearray):
         return
+    samples = int(_float(ds.get("SamplesPerPixel"), 1) or 1)
+    bits = int(_float(ds.get("BitsAllocated"), 16) or 16)
+    frame_bytes = int(ds.Rows) * int(ds.Columns) * samples * max(1, bits // 8)
+    declared = frames * frame_bytes
+    if declared > MAX_DECODED_BYTES:
+        raise CorruptDicomError(
+            f"{source} declares {frames} frames of {frame_bytes} bytes (Rows, Columns, "
+            f"SamplesPerPixel, BitsAllocated), over the limit of {MAX_DECODED_BYTES} bytes."
+        )
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None and syntax.is_encapsulated:
+        if declared > MAX_DECODE_RATIO * len(pixels):
+            raise CorruptDicomError(
+                f"{source}: its {len(pixels)} bytes of compressed pixel data would decode to "
+                f"{declared} bytes, over {MAX_DECODE_RATIO} times their size; refused undecoded."
+            )
+        if frames == 1:
+            return
         try:
             fragments, _ = parse_fragments(pixels)
         except (ValueError, TypeError, EOFError, struct.error):
@@ -287,10 +309,7 @@ def _check_declared_frames(ds: Dataset, source: str, frames: int) -> None:
                 "fragments (each frame needs at least one)."
             )
         return
-    samples = int(_float(ds.get("SamplesPerPixel"), 1) or 1)
-    bits = int(_float(ds.get("BitsAllocated"), 16) or 16)
-    frame_bytes = int(ds.Rows) * int(ds.Columns) * samples * max(1, bits // 8)
-    if frames * frame_bytes > len(pixels):
+    if frames > 1 and declared > len(pixels):
         raise CorruptDicomError(
             f"{source} declares {frames} frames of {frame_bytes} bytes, but its pixel data holds "
             f"{len(pixels)} bytes."
