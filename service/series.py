@@ -43,6 +43,30 @@ MAX_FRAMES = 4096
 MAX_DECODED_BYTES = 1024 * 1024 * 1024
 MAX_DECODE_RATIO = 1000
 
+# Coded values a message may quote. Anything else in Modality or ImageType (code strings that a
+# site could fill with an identifier) is named by its tag only, never echoed.
+_MODALITIES = frozenset(
+    "CT MR PT NM US CR DX MG IO PX XA RF RG OT SR KO PR SEG REG DOC ECG SM XC ES OP OPT OPM OPV "  # noqa: SIM905
+    "OAM IVUS IVOCT RTIMAGE RTDOSE RTSTRUCT RTPLAN RTRECORD PLAN BI HD AU EPS BMD LS TG GM "
+    "M3D FID RWV SMR TEXTUREMAP POS".split()
+)
+_IMAGE_TYPES = frozenset(
+    {"ORIGINAL", "DERIVED", "PRIMARY", "SECONDARY", "AXIAL", "OTHER", "HELIX", "HELICAL", "SPIRAL"}
+    | {"VOLUME", "MPR", "CURVED", "CT_SOM5 SPI", "NORMAL", "RECON"}
+)
+
+
+def _shown_modality(modality: str) -> str:
+    if not modality:
+        return "missing"
+    return modality if modality in _MODALITIES else "not a DICOM modality code"
+
+
+def _shown_image_type(values: Sequence[str], rules: SelectionRules) -> str:
+    known = _IMAGE_TYPES | set(rules.excluded_image_types)
+    return "\\".join(v if v in known else "*" for v in values) or "missing"
+
+
 # Reconstruction kernels, by vendor naming: sharp (bone, lung) kernels make brain parenchyma noisy.
 _BONE_KERNEL_MARKERS = ("BONE", "SHARP", "LUNG", "DETAIL", "EDGE", "YC", "YD", "FC30", "FC81")
 _SOFT_KERNEL_MARKERS = ("STANDARD", "SOFT", "BRAIN", "STND", "SMOOTH", "UB", "FC2", "FC4", "J3")
@@ -406,8 +430,9 @@ def _rejections(series: Series, rules: SelectionRules) -> list[tuple[str, str]]:
     reasons = []
     if series.modality not in rules.modalities:
         wanted = "/".join(rules.modalities)
-        reasons.append(("modality", f"modality {series.modality or 'missing'} is not {wanted}"))
-    shown = "\\".join(series.image_type) or "missing"
+        shown = _shown_modality(series.modality)
+        reasons.append(("modality", f"modality {shown} is not {wanted}"))
+    shown = _shown_image_type(series.image_type, rules)
     excluded = [t for t in series.image_type if t in rules.excluded_image_types]
     if excluded:
         kind = "localizer (scout)" if excluded[0] in ("LOCALIZER", "SCOUT") else excluded[0].lower()
@@ -481,8 +506,8 @@ def report_series(series: Series, rules: SelectionRules) -> SeriesReport:
         series_uid=series.uid,
         series_number=series.number,
         description=series.description,
-        modality=series.modality,
-        image_type=list(series.image_type),
+        modality=_shown_modality(series.modality),
+        image_type=_shown_image_type(series.image_type, rules).split("\\"),
         kernel=series.kernel,
         kernel_class=series.kernel_class,
         plane=plane_name(series.normal),
@@ -526,7 +551,7 @@ def _no_usable_series_error(
         return NoPixelDataError("No file in the study holds pixel data.", **details)
     ct = [s for s in images if s.modality in rules.modalities]
     if not ct:
-        found = ", ".join(sorted({s.modality or "missing" for s in images}))
+        found = ", ".join(sorted({_shown_modality(s.modality) for s in images}))
         return NotCTError(f"The study holds no CT images (modality {found}).", **details)
     short = [s for s in ct if {rule for rule, _ in _rejections(s, rules)} == {"slices"}]
     if short:

@@ -149,3 +149,22 @@ def test_declared_pixels_over_the_decoded_cap_are_refused(tmp_path: Path) -> Non
     data = _edit(files[0], Rows=4096, Columns=4096, NumberOfFrames=64)
     with pytest.raises(CorruptDicomError, match="over the limit"):
         ingest_study([(files[0].name, data)], grid=GRID)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [("Modality", "ZZTEST"), ("Modality", "PHI98765"), ("ImageType", ["ORIGINAL", "PHI98765"])],
+)
+def test_coded_tags_holding_identifiers_are_not_echoed(
+    tmp_path: Path, keyword: str, value: object
+) -> None:
+    files = _study(tmp_path)
+    values: dict[str, object] = {keyword: value}
+    if keyword == "ImageType":
+        values["ImageType"] = [*value, "LOCALIZER"]  # type: ignore[misc]
+    edited = [(f.name, _edit(f, **values)) for f in files]
+    with pytest.raises(IngestError) as error:
+        ingest_study(edited, grid=GRID)
+    shown = str(error.value.to_dict())
+    assert "PHI98765" not in shown and "ZZTEST" not in shown
+    assert ("modality" if keyword == "Modality" else "ImageType") in shown  # named, not quoted
