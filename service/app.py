@@ -14,7 +14,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from service.api.capacity import StudyLimiter
+from service.api.capacity import StudyLimiter, UploadLimiter
 from service.api.deps import read_card
 from service.api.middleware import RequestContextMiddleware
 from service.api.problems import ERROR_CODES, install_problem_handlers
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.state.metrics = gateway_metrics
     app.state.backend = None
     app.state.limiter = StudyLimiter(settings.max_concurrent_jobs, settings.max_queued_jobs)
+    app.state.uploads = UploadLimiter(settings.max_uploads_per_client)
     install_problem_handlers(app)
     for module in (triage, model, health, metrics):
         app.include_router(module.router)

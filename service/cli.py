@@ -167,11 +167,13 @@ def serve(
     settings = _settings(backend=backend, model_repository=model_repository, triton_url=triton_url)
     import uvicorn
 
+    from service.api.framing import HTTP_PROTOCOL
     from service.app import create_app
 
     uvicorn.run(
         lambda: create_app(settings),
         factory=True,
+        http=HTTP_PROTOCOL,
         host=host,
         port=port,
         log_config=None,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -30,6 +30,11 @@ from service.errors import CorruptDicomError, EmptyStudyError, NotDicomError, Tr
 # Media Storage Directory (DICOMDIR): an index of the files, not an image.
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 DEFLATED_UID = "1.2.840.10008.1.2.1.99"
+# The bytes that say whether a file can be DICOM: the 128-byte preamble and "DICM".
+DICOM_HEAD_BYTES = 132
+# A data set without the preamble starts with its lowest tag; one that ``_looks_like_dicom`` can
+# accept starts in the meta group (0002) up to the study group (0020), in either byte order.
+_FIRST_GROUPS = range(0x0002, 0x0021, 2)
 # A deflated data set may inflate to at most this many bytes and this many times its size.
 MAX_INFLATED_BYTES = 512 * 1024 * 1024
 MAX_INFLATE_RATIO = 50
@@ -150,10 +155,24 @@ def check_inflated_size(file: StudyFile) -> None:
         )
 
 
+def could_be_dicom(head: bytes) -> bool:
+    """Whether a file starting with ``head`` (its first DICOM_HEAD_BYTES, or all of a shorter
+    file) can be one ``read_dataset`` accepts: the Part 10 marker, or a first tag in the groups
+    a preamble-less data set starts with. Zeros, text, JPEG or PDF bytes cannot."""
+    if head[128:132] == b"DICM":
+        return True
+    if len(head) < 4:
+        return False
+    little, big = int.from_bytes(head[:2], "little"), int.from_bytes(head[:2], "big")
+    return little in _FIRST_GROUPS or big in _FIRST_GROUPS
+
+
 def read_dataset(file: StudyFile) -> Dataset:
     """Parse one file. Files without the 128-byte preamble are accepted if they parse as DICOM."""
     if len(file.data) == 0:
         raise NotDicomError(f"{file.name} is empty.")
+    if not could_be_dicom(file.data[:DICOM_HEAD_BYTES]):
+        raise NotDicomError(f"{file.name} is not a DICOM file.")
     check_inflated_size(file)
     try:
         try:
@@ -202,9 +221,12 @@ def _claims_dicom(file: StudyFile) -> bool:
     return file.data[128:132] == b"DICM"
 
 
-def load_study(sources: Iterable[StudySource]) -> LoadedStudy:
+def load_study(
+    sources: Iterable[StudySource], checkpoint: Callable[[], None] | None = None
+) -> LoadedStudy:
     """Read every file of a study. DICOMDIR indexes are skipped; files that are not DICOM at all
-    are skipped with a warning while something else is DICOM. Raises on the first damaged file."""
+    are skipped with a warning while something else is DICOM. Raises on the first damaged file.
+    ``checkpoint`` is called before each file (zip entries included); it raises to stop."""
     study = LoadedStudy()
     strays: list[NotDicomError] = []
     for source in sources:
@@ -216,6 +238,8 @@ def load_study(sources: Iterable[StudySource]) -> LoadedStudy:
                 continue
             source = (name, content)
         for file in iter_study_files([source]):
+            if checkpoint is not None:
+                checkpoint()
             try:
                 ds = read_dataset(file)
             except NotDicomError as exc:

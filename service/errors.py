@@ -92,6 +92,14 @@ class InconsistentGeometryError(IngestError):
     code = "inconsistent_geometry"
 
 
+class IngestTimeoutError(IngestError):
+    """Reading the study took longer than its deadline (``HEADCT_INGEST_TIMEOUT_S``): a study too
+    costly to read, not a slow server (the wait for a worker is not counted)."""
+
+    code = "ingest_timeout"
+    title = "Study too costly to read"
+
+
 # ---- the upload: the request body cannot be taken as a study ----
 
 
@@ -122,6 +130,15 @@ class UploadTimeoutError(UploadError):
     code = "upload_timeout"
     status = 408
     title = "Upload too slow"
+
+
+class ClientDisconnectedError(UploadError):
+    """The client went away before its answer (the answer reaches no one; it is logged)."""
+
+    code = "client_disconnected"
+    status = 499
+    title = "Client closed the request"
+    note = "logged only: no one is left to answer"
 
 
 class UnsafeZipEntryError(UploadError):
@@ -170,6 +187,15 @@ class OverCapacityError(HeadCTError):
     code = "over_capacity"
     status = 429
     title = "Over capacity"
+    retry_after = True
+
+
+class TooManyUploadsError(HeadCTError):
+    """The client's address already has its allowance of uploads in progress."""
+
+    code = "too_many_uploads"
+    status = 429
+    title = "Too many uploads from this client"
     retry_after = True
 
 

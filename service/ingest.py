@@ -4,7 +4,7 @@ serving share (training imports it from here, never the other way round)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,20 +72,30 @@ def _study_uid(series: Series) -> str:
     return str(series.slices[0].dataset.get("StudyInstanceUID") or "")
 
 
+def _carry_on() -> None:
+    """The default checkpoint: nothing stops the work."""
+
+
 def ingest_study(
     sources: Iterable[StudySource],
     grid: ModelGrid | None = None,
     rules: SelectionRules | None = None,
+    checkpoint: Callable[[], None] | None = None,
 ) -> IngestResult:
     """Read, group, select, order, decode and resample a study. Raises an ``IngestError``
-    subclass with a stable code for anything that is not a usable head CT."""
+    subclass with a stable code for anything that is not a usable head CT. ``checkpoint`` is
+    called before each file and each stage; it raises to stop the work (a deadline passed, the
+    client left)."""
     grid = grid or ModelGrid()
     rules = rules or SelectionRules()
+    check = checkpoint or _carry_on
     t0 = time.perf_counter()
-    study = load_study(sources)
+    study = load_study(sources, check)
+    check()
     t1 = time.perf_counter()
     chosen, reports = select_series(group_series(study.files), rules)
     stack = order_slices(chosen)
+    check()
     t2 = time.perf_counter()
     volume = to_model_grid(stack, grid)
     t3 = time.perf_counter()

@@ -18,15 +18,15 @@ when it began (``started``) so that ``timing_ms`` covers the whole request.
 ``run`` blocks: for the CLI, the batch scorer and the benchmarks. ``run_async`` runs the blocking
 stages in worker threads, so an event loop stays free, and is where a caller's limits attach:
 ``slot`` (a capacity limiter's slot, held around ingest and inference; the wait for it is the
-``queue`` stage), ``Deadlines`` (one per stage), and cancellation: ingest checks between sources
-whether the caller's scope was cancelled (a deadline, a client gone), so it stops its work rather
-than leaving a thread reading on.
+``queue`` stage), ``Deadlines`` (one per stage, counted from the slot), and cancellation: ingest
+checks before each file and stage whether the caller's scope was cancelled (its deadline, a
+client gone), so it stops its work rather than leaving a thread reading on.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +38,12 @@ import anyio.to_thread
 from service.backends.base import InferenceBackend
 from service.contract import ModelOutputs
 from service.dicom_io import StudySource
-from service.errors import BackendTimeoutError, CorruptDicomError, HeadCTError
+from service.errors import (
+    BackendTimeoutError,
+    CorruptDicomError,
+    HeadCTError,
+    IngestTimeoutError,
+)
 from service.ingest import IngestResult, ingest_study
 from service.log_config import log_unexpected
 from service.model_card import ModelCard
@@ -50,6 +55,7 @@ from service.schemas import TriageResult
 class Deadlines:
     """How long a stage of ``run_async`` may take, in seconds; None: no limit."""
 
+    ingest_s: float | None = None
     inference_s: float | None = None
 
 
@@ -87,11 +93,17 @@ class TriagePipeline:
     def __init__(self, backend: InferenceBackend) -> None:
         self.backend = backend
 
-    def ingest(self, sources: Iterable[StudySource], card: ModelCard) -> IngestResult:
-        """The study on the card's grid. Blocks. A library failing on odd input is still bad
-        input: it becomes ``corrupt_dicom``, and its traceback is logged for us."""
+    def ingest(
+        self,
+        sources: Iterable[StudySource],
+        card: ModelCard,
+        checkpoint: Callable[[], None] | None = None,
+    ) -> IngestResult:
+        """The study on the card's grid. Blocks; ``checkpoint`` as in ``ingest_study``. A library
+        failing on odd input is still bad input: it becomes ``corrupt_dicom``, and its traceback
+        is logged for us."""
         try:
-            return ingest_study(sources, grid=card.grid.to_model_grid())
+            return ingest_study(sources, grid=card.grid.to_model_grid(), checkpoint=checkpoint)
         except HeadCTError:
             raise
         except Exception as exc:
@@ -124,16 +136,32 @@ class TriagePipeline:
     ) -> TriageResult:
         """Triage one study, its blocking stages in worker threads; ``started`` as in ``run``.
 
-        Raises ``BackendTimeoutError`` past ``deadlines.inference_s``."""
+        Raises ``IngestTimeoutError`` past ``deadlines.ingest_s`` and ``BackendTimeoutError``
+        past ``deadlines.inference_s``."""
         marks = _Marks(started)
         card = await anyio.to_thread.run_sync(lambda: self.backend.card)  # triton: a network call
         async with slot or nullcontext():
             marks.dequeued = time.perf_counter()
-            ingest = await anyio.to_thread.run_sync(self.ingest, _cancellable(sources), card)
+            ingest = await self._ingest_within(sources, card, deadlines.ingest_s)
             marks.inferring = time.perf_counter()
             outputs = await self._infer_within(ingest, deadlines.inference_s)
             marks.inferred = time.perf_counter()
         return marks.result(card, ingest, outputs)
+
+    async def _ingest_within(
+        self, sources: Iterable[StudySource], card: ModelCard, timeout_s: float | None
+    ) -> IngestResult:
+        """Ingest in a worker thread that checks, before each file and stage, whether this task
+        was cancelled (the deadline, or the caller's scope: a client gone), and stops there."""
+        try:
+            with anyio.fail_after(timeout_s):
+                return await anyio.to_thread.run_sync(
+                    self.ingest, sources, card, anyio.from_thread.check_cancelled
+                )
+        except TimeoutError:
+            raise IngestTimeoutError(
+                f"Reading the study took longer than {timeout_s:g} s; it was stopped."
+            ) from None
 
     async def _infer_within(self, ingest: IngestResult, timeout_s: float | None) -> ModelOutputs:
         """Past the deadline the call is abandoned (a backend call cannot be interrupted)."""
@@ -147,11 +175,3 @@ class TriagePipeline:
             raise BackendTimeoutError(
                 f"The {self.backend.kind} backend did not answer within {timeout_s:g} s."
             ) from None
-
-
-def _cancellable(sources: Iterable[StudySource]) -> Iterator[StudySource]:
-    """The sources, checking before each whether the awaiting task was cancelled (for ingest
-    run by ``anyio.to_thread.run_sync``: a cancelled caller stops it at the next file)."""
-    for source in sources:
-        anyio.from_thread.check_cancelled()
-        yield source

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from service.errors import (
@@ -66,7 +67,9 @@ def stored_pixels(ref: SliceRef) -> np.ndarray:
                 f"{ref.source} is a colour image ({ds.get('SamplesPerPixel')} samples per pixel), "
                 "not a CT reconstruction."
             )
-        array = ds.pixel_array  # pydicom caches the decoded array on the dataset
+        # One frame at a time, and not cached on the dataset: a multi-frame object is never
+        # decoded whole, and a study's decoded slices are not all held until ingest ends.
+        array = pixel_array(ds, index=ref.frame)
     except (TruncatedDicomError, NotCTError):
         raise
     except NotImplementedError as exc:
@@ -86,10 +89,6 @@ def stored_pixels(ref: SliceRef) -> np.ndarray:
         raise CorruptDicomError(f"{ref.source}: pixel data cannot be decoded ({exc}).") from None
     except Exception as exc:  # decoders raise assorted types on damaged codestreams
         raise CorruptDicomError(f"{ref.source}: pixel data cannot be decoded ({exc}).") from None
-    if ref.frame is not None and not (array.ndim == 2 and ref.frame == 0):
-        if array.ndim < 3 or ref.frame >= array.shape[0]:
-            raise CorruptDicomError(f"{ref.source}: frame {ref.frame + 1} is missing.")
-        array = array[ref.frame]
     if array.shape != (ref.rows, ref.columns):
         raise CorruptDicomError(
             f"{ref.source}: decoded image is {array.shape}, not {ref.rows}x{ref.columns}."

@@ -37,6 +37,35 @@ MIN_MATRIX, MAX_MATRIX = 16, 4096
 MIN_PIXEL_SPACING_MM, MAX_PIXEL_SPACING_MM = 0.05, 10.0
 MAX_SPACING_RATIO = 4.0
 MAX_FRAMES = 4096
+# Decoding (JPEG, JPEG 2000, JPEG-LS, RLE) is bounded like any decompression: the size the header
+# declares (frames x rows x columns x samples x bytes) at most MAX_DECODED_BYTES per object, and
+# at most MAX_DECODE_RATIO times the encapsulated bytes present, checked before decoding.
+MAX_DECODED_BYTES = 1024 * 1024 * 1024
+MAX_DECODE_RATIO = 1000
+
+# Coded values a message may quote. Anything else in Modality or ImageType (code strings that a
+# site could fill with an identifier) is named by its tag only, never echoed.
+_MODALITIES = frozenset(
+    "CT MR PT NM US CR DX MG IO PX XA RF RG OT SR KO PR SEG REG DOC ECG SM XC ES OP OPT OPM OPV "  # noqa: SIM905
+    "OAM IVUS IVOCT RTIMAGE RTDOSE RTSTRUCT RTPLAN RTRECORD PLAN BI HD AU EPS BMD LS TG GM "
+    "M3D FID RWV SMR TEXTUREMAP POS".split()
+)
+_IMAGE_TYPES = frozenset(
+    {"ORIGINAL", "DERIVED", "PRIMARY", "SECONDARY", "AXIAL", "OTHER", "HELIX", "HELICAL", "SPIRAL"}
+    | {"VOLUME", "MPR", "CURVED", "CT_SOM5 SPI", "NORMAL", "RECON"}
+)
+
+
+def _shown_modality(modality: str) -> str:
+    if not modality:
+        return "missing"
+    return modality if modality in _MODALITIES else "not a DICOM modality code"
+
+
+def _shown_image_type(values: Sequence[str], rules: SelectionRules) -> str:
+    known = _IMAGE_TYPES | set(rules.excluded_image_types)
+    return "\\".join(v if v in known else "*" for v in values) or "missing"
+
 
 # Reconstruction kernels, by vendor naming: sharp (bone, lung) kernels make brain parenchyma noisy.
 _BONE_KERNEL_MARKERS = ("BONE", "SHARP", "LUNG", "DETAIL", "EDGE", "YC", "YD", "FC30", "FC81")
@@ -265,17 +294,34 @@ def _frame_slices(ds: Dataset, source: str, frames: int) -> list[SliceRef]:
 
 
 def _check_declared_frames(ds: Dataset, source: str, frames: int) -> None:
-    """Declared frames must fit the pixel data actually present, checked before anything is
-    allocated or looped over per frame (a 133 KB file declaring 2**31 frames must not run)."""
+    """Declared sizes must fit the pixel data actually present (and, decoded, the caps), checked
+    before anything is allocated, decoded or looped over per frame (a 133 KB file declaring 2**31
+    frames must not run, nor a 1 MB JPEG 2000 declaring gigabytes of pixels)."""
     if frames < 1 or frames > MAX_FRAMES:
         raise CorruptDicomError(
             f"{source} declares {frames} frames (NumberOfFrames); 1 to {MAX_FRAMES} are read."
         )
     pixels = ds.get("PixelData")
-    if frames == 1 or not isinstance(pixels, bytes | bytearray):
+    if not isinstance(pixels, bytes | bytearray):
         return
+    samples = int(_float(ds.get("SamplesPerPixel"), 1) or 1)
+    bits = int(_float(ds.get("BitsAllocated"), 16) or 16)
+    frame_bytes = int(ds.Rows) * int(ds.Columns) * samples * max(1, bits // 8)
+    declared = frames * frame_bytes
+    if declared > MAX_DECODED_BYTES:
+        raise CorruptDicomError(
+            f"{source} declares {frames} frames of {frame_bytes} bytes (Rows, Columns, "
+            f"SamplesPerPixel, BitsAllocated), over the limit of {MAX_DECODED_BYTES} bytes."
+        )
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None and syntax.is_encapsulated:
+        if declared > MAX_DECODE_RATIO * len(pixels):
+            raise CorruptDicomError(
+                f"{source}: its {len(pixels)} bytes of compressed pixel data would decode to "
+                f"{declared} bytes, over {MAX_DECODE_RATIO} times their size; refused undecoded."
+            )
+        if frames == 1:
+            return
         try:
             fragments, _ = parse_fragments(pixels)
         except (ValueError, TypeError, EOFError, struct.error):
@@ -287,10 +333,7 @@ def _check_declared_frames(ds: Dataset, source: str, frames: int) -> None:
                 "fragments (each frame needs at least one)."
             )
         return
-    samples = int(_float(ds.get("SamplesPerPixel"), 1) or 1)
-    bits = int(_float(ds.get("BitsAllocated"), 16) or 16)
-    frame_bytes = int(ds.Rows) * int(ds.Columns) * samples * max(1, bits // 8)
-    if frames * frame_bytes > len(pixels):
+    if frames > 1 and declared > len(pixels):
         raise CorruptDicomError(
             f"{source} declares {frames} frames of {frame_bytes} bytes, but its pixel data holds "
             f"{len(pixels)} bytes."
@@ -387,8 +430,9 @@ def _rejections(series: Series, rules: SelectionRules) -> list[tuple[str, str]]:
     reasons = []
     if series.modality not in rules.modalities:
         wanted = "/".join(rules.modalities)
-        reasons.append(("modality", f"modality {series.modality or 'missing'} is not {wanted}"))
-    shown = "\\".join(series.image_type) or "missing"
+        shown = _shown_modality(series.modality)
+        reasons.append(("modality", f"modality {shown} is not {wanted}"))
+    shown = _shown_image_type(series.image_type, rules)
     excluded = [t for t in series.image_type if t in rules.excluded_image_types]
     if excluded:
         kind = "localizer (scout)" if excluded[0] in ("LOCALIZER", "SCOUT") else excluded[0].lower()
@@ -462,8 +506,8 @@ def report_series(series: Series, rules: SelectionRules) -> SeriesReport:
         series_uid=series.uid,
         series_number=series.number,
         description=series.description,
-        modality=series.modality,
-        image_type=list(series.image_type),
+        modality=_shown_modality(series.modality),
+        image_type=_shown_image_type(series.image_type, rules).split("\\"),
         kernel=series.kernel,
         kernel_class=series.kernel_class,
         plane=plane_name(series.normal),
@@ -507,7 +551,7 @@ def _no_usable_series_error(
         return NoPixelDataError("No file in the study holds pixel data.", **details)
     ct = [s for s in images if s.modality in rules.modalities]
     if not ct:
-        found = ", ".join(sorted({s.modality or "missing" for s in images}))
+        found = ", ".join(sorted({_shown_modality(s.modality) for s in images}))
         return NotCTError(f"The study holds no CT images (modality {found}).", **details)
     short = [s for s in ct if {rule for rule, _ in _rejections(s, rules)} == {"slices"}]
     if short:

@@ -71,8 +71,29 @@ class Settings(BaseSettings):
         8, ge=0, description="Studies admitted beyond those running; more are refused with 429."
     )
     inference_timeout_s: float = Field(30.0, gt=0, description="Backend deadline per study.")
+    ingest_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Deadline for reading one study (decode, select, resample) once it has a "
+        "worker; past it the work stops and the answer is 422 ingest_timeout.",
+    )
     upload_timeout_s: float = Field(
-        120.0, gt=0, description="Deadline for receiving a whole upload (slow clients hold a slot)."
+        120.0, gt=0, description="Deadline for receiving a whole upload (408 past it)."
+    )
+    upload_min_rate_bytes_s: int = Field(
+        32 * 1024,
+        ge=0,
+        description="Slowest average upload rate accepted after upload_rate_grace_s (408 below "
+        "it); 0: no minimum.",
+    )
+    upload_rate_grace_s: float = Field(
+        5.0, ge=0, description="Seconds an upload may take before its rate is checked."
+    )
+    max_uploads_per_client: int = Field(
+        8,
+        ge=1,
+        description="Uploads one client address may have in progress at once; more get 429. "
+        "Behind a proxy, the address comes from X-Forwarded-For when the proxy is trusted.",
     )
     upload_dir: Path | None = Field(
         None, description="Where uploads are spooled; unset: the system temporary folder."

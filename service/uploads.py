@@ -10,15 +10,25 @@ too many entries, too much uncompressed data, a suspicious compression ratio (a 
 entry with an absolute or ``..`` path are refused before ingest opens the archive. The folder is
 removed when the upload is closed, on every path.
 
+Content is judged from its first bytes (``service.dicom_io.could_be_dicom``, the same test ingest
+applies): a raw body that is neither a zip nor DICOM is refused as soon as its first 132 bytes
+have arrived, without reading the rest; a multipart part that is neither (a ``notes.txt`` beside
+the images) keeps only those first bytes, so ingest can skip it with a warning naming it, and the
+rest of it is counted and dropped (more than ``MAX_STRAY_BYTES`` of it in one request is refused).
+The body's arrival is paced (``paced``): a deadline for the whole of it, and a minimum average
+rate after a grace period, so a client trickling bytes is cut off rather than held for minutes.
+
 Nothing here knows HTTP; the errors (``service.errors``) carry their status for the API layer.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import re
 import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,16 +36,19 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import IO, TYPE_CHECKING
 
+import anyio
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from service.dicom_io import is_zip
+from service.dicom_io import DICOM_HEAD_BYTES, could_be_dicom, is_zip
 from service.errors import (
     EmptyUploadError,
     MalformedUploadError,
+    NotDicomError,
     TooManyFilesError,
     UnsafeZipEntryError,
     UnsupportedMediaTypeError,
+    UploadTimeoutError,
     UploadTooLargeError,
     ZipRatioError,
     ZipTooLargeError,
@@ -49,6 +62,9 @@ ZIP_TYPES = ("application/zip", "application/x-zip-compressed")
 DICOM_TYPE = "application/dicom"
 ACCEPTED_TYPES = (MULTIPART, *ZIP_TYPES, DICOM_TYPE)
 FILES_FIELD = "files"
+# Bytes of multipart parts that are neither DICOM nor zip (reports, notes, images beside a study)
+# a request may carry; they are dropped as they arrive, past this the request is refused.
+MAX_STRAY_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +73,9 @@ class UploadLimits:
     max_files: int
     max_zip_uncompressed_bytes: int
     max_zip_ratio: float
+    timeout_s: float | None = None  # the whole body
+    min_rate_bytes_s: float = 0.0  # average, once grace_s have passed; 0: none
+    grace_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +84,7 @@ class UploadedFile:
 
     name: str  # as the client named it; shown in error messages, never logged
     size: int
-    head: bytes  # the first bytes, to recognise a zip without reopening the file
+    head: bytes  # the first DICOM_HEAD_BYTES, to recognise a zip or DICOM without reopening it
     path: Path | None = None
     data: bytes | None = None
 
@@ -166,19 +185,25 @@ class _Spool:
 
     While the request's total stays under ``memory_bytes`` its parts are kept in memory (a typical
     study of a few MB never touches the disk); past it, the part being written and every later
-    one go to numbered files in the upload's temporary folder.
+    one go to numbered files in the upload's temporary folder. Each part is judged from its first
+    ``DICOM_HEAD_BYTES``: a lone body that is neither zip nor DICOM is refused there; a multipart
+    part that is neither keeps those bytes only (a stray, for ingest to skip and name).
     """
 
     def __init__(self, upload: Upload, limits: UploadLimits, memory_bytes: int) -> None:
         self.upload = upload
         self.limits = limits
         self.memory_left = memory_bytes
+        self.stray_bytes = 0
         self._handle: IO[bytes] | None = None
         self._buffer: io.BytesIO | None = None
         self._name = ""
         self._path: Path | None = None
         self._size = 0
         self._head = b""
+        self._lone = False
+        self._judged = False
+        self._stray = False
 
     def add_bytes(self, count: int) -> None:
         self.upload.received_bytes += count
@@ -188,13 +213,15 @@ class _Spool:
                 limit=self.limits.max_bytes,
             )
 
-    def begin(self, name: str) -> None:
+    def begin(self, name: str, *, lone: bool = False) -> None:
+        """A new part; ``lone``: the whole request (a raw body), refused at once if not a study."""
         if len(self.upload.files) + 1 > self.limits.max_files:
             raise TooManyFilesError(
                 f"The upload holds more than {self.limits.max_files} files.",
                 limit=self.limits.max_files,
             )
         self._name, self._size, self._head = name, 0, b""
+        self._lone, self._judged, self._stray = lone, False, False
         self._path = None
         if self.memory_left > 0:
             self._buffer = io.BytesIO()
@@ -210,9 +237,27 @@ class _Spool:
             self._handle.write(self._buffer.getbuffer())
             self._buffer = None
 
+    def _judge(self) -> None:
+        """Zip, DICOM, or neither, from the first bytes (all of them, for a shorter part)."""
+        self._judged = True
+        if not self._head or is_zip(self._head) or could_be_dicom(self._head):
+            return
+        if self._lone:
+            raise NotDicomError(f"{self._name} is neither DICOM nor a zip (from its first bytes).")
+        self._stray = True
+
     def write(self, data: bytes) -> None:
-        if len(self._head) < 4:
-            self._head = (self._head + data[:4])[:4]
+        if not self._judged:
+            self._head = (self._head + data[:DICOM_HEAD_BYTES])[:DICOM_HEAD_BYTES]
+            if len(self._head) == DICOM_HEAD_BYTES:
+                self._judge()
+                if self._stray:  # keep the head only: its bytes not yet written, from this chunk
+                    keep = self._head[self._size :]
+                    self._drop(len(data) - len(keep))
+                    data = keep
+        elif self._stray:
+            self._drop(len(data))
+            return
         self._size += len(data)
         if self._buffer is not None:
             self.memory_left -= len(data)
@@ -224,7 +269,18 @@ class _Spool:
         if self._handle is not None:
             self._handle.write(data)
 
+    def _drop(self, count: int) -> None:
+        """Bytes of a stray part not kept: counted (and refused past MAX_STRAY_BYTES)."""
+        self.stray_bytes += count
+        if self.stray_bytes > MAX_STRAY_BYTES:
+            raise NotDicomError(
+                f"The upload carries more than {MAX_STRAY_BYTES} bytes that are neither DICOM "
+                f"nor a zip ({self._name}, from its first bytes)."
+            )
+
     def end(self) -> None:
+        if not self._judged:
+            self._judge()
         if self._buffer is not None:
             data = self._buffer.getvalue()
             self.upload.files.append(UploadedFile(self._name, self._size, self._head, data=data))
@@ -302,6 +358,37 @@ class _MultipartReader:
         self.ended = True
 
 
+async def paced(chunks: AsyncIterator[bytes], limits: UploadLimits) -> AsyncIterator[bytes]:
+    """The chunks, each awaited no longer than the upload's limits allow: the whole body within
+    ``timeout_s``, and after ``grace_s`` an average of at least ``min_rate_bytes_s`` (a byte a
+    second does not keep a connection). Raises ``UploadTimeoutError`` when either is broken."""
+    started = time.monotonic()
+    received = 0
+    iterator = aiter(chunks)
+    while True:
+        limit = math.inf if limits.timeout_s is None else limits.timeout_s
+        if limits.min_rate_bytes_s > 0:
+            limit = min(limit, limits.grace_s + received / limits.min_rate_bytes_s)
+        with anyio.move_on_after(started + limit - time.monotonic()) as waited:
+            try:
+                chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return
+        if waited.cancelled_caught:
+            raise UploadTimeoutError(_too_slow(limits, received, time.monotonic() - started))
+        received += len(chunk)
+        yield chunk
+
+
+def _too_slow(limits: UploadLimits, received: int, elapsed: float) -> str:
+    if limits.timeout_s is not None and elapsed >= limits.timeout_s:
+        return f"The upload took longer than {limits.timeout_s:g} s; send it faster or in a zip."
+    return (
+        f"The upload arrived at {received / max(elapsed, 1e-9):.0f} bytes/s, under the minimum "
+        f"of {limits.min_rate_bytes_s:g} bytes/s."
+    )
+
+
 async def receive_upload(
     content_type: str | None,
     chunks: AsyncIterator[bytes],
@@ -310,16 +397,17 @@ async def receive_upload(
     memory_bytes: int = 0,
 ) -> Upload:
     """Spool a request body (to memory up to ``memory_bytes`` in all, then to a temporary folder
-    under ``spool_dir``) and check any zips in it. On any error the folder is removed before the
-    error propagates."""
+    under ``spool_dir``), paced by the limits' deadline and rate, and check any zips in it. On
+    any error the folder is removed before the error propagates."""
     kind = check_media_type(content_type)
+    chunks = paced(chunks, limits)
     upload = Upload(spool_dir)
     spool = _Spool(upload, limits, memory_bytes)
     try:
         if kind == MULTIPART:
             await _receive_multipart(content_type or "", chunks, spool)
         else:
-            spool.begin("upload.zip" if kind in ZIP_TYPES else "upload.dcm")
+            spool.begin("upload.zip" if kind in ZIP_TYPES else "upload.dcm", lone=True)
             async for chunk in chunks:
                 spool.add_bytes(len(chunk))
                 spool.write(chunk)

@@ -1,8 +1,12 @@
-"""Bounded concurrency for triage requests: a few run, a few wait, the rest are refused at once.
+"""Bounded concurrency for triage requests: uploads per client, then a few run, a few wait, the rest
+are refused at once.
 
-A request is *admitted* before its body is read and stays admitted until it is answered; at most
-``running + queued`` are admitted at a time, and the next one gets an ``OverCapacityError`` (429
-with Retry-After) without its upload being read. Admitted requests take one of ``running`` slots
+Receiving an upload takes no worker: a client address may have ``per_client`` uploads in progress
+(``UploadLimiter``; the next gets a ``TooManyUploadsError``, 429 with Retry-After), and each upload
+has its own deadline and minimum rate (``service.uploads``), so slow clients hold only their own
+sockets. A study is *admitted* once its whole upload has been received, and stays admitted until
+it is answered; at most ``running + queued`` are admitted at a time, and the next one gets an
+``OverCapacityError`` (429 with Retry-After). Admitted requests take one of ``running`` slots
 for the heavy part (decoding, resampling, inference), which runs in worker threads, so the event
 loop stays free for ``/healthz``, ``/readyz`` and ``/metrics`` however busy the workers are. All
 of this runs on the event loop's thread, so plain counters need no lock.
@@ -16,7 +20,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from service.errors import OverCapacityError
+from service.errors import OverCapacityError, TooManyUploadsError
 from service.text import counted
 
 
@@ -65,3 +69,34 @@ class StudyLimiter:
             finally:
                 elapsed = anyio.current_time() - started
                 self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * elapsed
+
+
+class UploadLimiter:
+    """At most ``per_client`` uploads in progress per client address."""
+
+    RETRY_AFTER_S = 5
+
+    def __init__(self, per_client: int) -> None:
+        if per_client < 1:
+            raise ValueError("UploadLimiter needs per_client >= 1")
+        self.per_client = per_client
+        self.receiving: dict[str, int] = {}
+
+    @asynccontextmanager
+    async def receiving_from(self, client: str) -> AsyncIterator[None]:
+        count = self.receiving.get(client, 0)
+        if count >= self.per_client:
+            raise TooManyUploadsError(
+                f"This client already has {counted(count, 'upload')} in progress; wait for one "
+                "to finish.",
+                retry_after=self.RETRY_AFTER_S,
+            )
+        self.receiving[client] = count + 1
+        try:
+            yield
+        finally:
+            left = self.receiving[client] - 1
+            if left:
+                self.receiving[client] = left
+            else:
+                del self.receiving[client]

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.api.capacity import StudyLimiter
+from service.api.capacity import StudyLimiter, UploadLimiter
 from service.backends.base import InferenceBackend
 from service.errors import BackendUnavailableError, UnauthorizedError
 from service.metrics import GatewayMetrics
@@ -56,6 +56,11 @@ def get_limiter(request: Request) -> StudyLimiter:
     return limiter
 
 
+def get_upload_limiter(request: Request) -> UploadLimiter:
+    uploads: UploadLimiter = request.app.state.uploads
+    return uploads
+
+
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
 _bearer = HTTPBearer(auto_error=False, description="An API key as a bearer token.")
 
@@ -82,4 +87,5 @@ CardDep = Annotated[ModelCard, Depends(get_card)]
 PipelineDep = Annotated[TriagePipeline, Depends(get_pipeline)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 LimiterDep = Annotated[StudyLimiter, Depends(get_limiter)]
+UploadLimiterDep = Annotated[UploadLimiter, Depends(get_upload_limiter)]
 ApiKeyDep = Depends(require_api_key)

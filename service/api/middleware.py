@@ -1,5 +1,9 @@
 """Request context as plain ASGI: the request id (``X-Request-ID`` honoured or made, echoed back),
-the request counter by route template and status, and one access log line per request."""
+the request counter by route template and status, and one access log line per request.
+
+A request cancelled from outside (the server's graceful shutdown running out of time) is
+answered 503 ``shutting_down`` if nothing was sent yet, and logged as cancelled rather than
+surfacing in uvicorn as an exception and a 500."""
 
 from __future__ import annotations
 
@@ -7,10 +11,13 @@ import logging
 import re
 import time
 import uuid
+from contextlib import suppress
 
+import anyio
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.problems import problem_response
 from service.log_config import request_id_var
 from service.metrics import GatewayMetrics
 
@@ -40,24 +47,34 @@ class RequestContextMiddleware:
         request_id = request_id_from(Headers(scope=scope))
         token = request_id_var.set(request_id)
         status = 500
+        status_sent: int | None = None
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, status_sent
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status = status_sent = int(message["status"])
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
+        cancelled = False
         try:
             await self.app(scope, receive, send_with_id)
+        except anyio.get_cancelled_exc_class():
+            # Only the server cancels a request's task: the app's own deadlines end in their
+            # scopes. The task is ending either way; answer if we still can, and end quietly.
+            cancelled = True
+            if status_sent is None:
+                status = 503
+                with anyio.CancelScope(shield=True), suppress(OSError, RuntimeError):
+                    await _shutting_down(scope, receive, send_with_id)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.requests.labels(route=route, status=str(status)).inc()
             quiet = route in _PROBES and status < 400
             log.log(
                 logging.DEBUG if quiet else logging.INFO,
-                "request",
+                "request cancelled" if cancelled else "request",
                 extra={
                     "method": scope.get("method"),
                     "route": route,
@@ -66,3 +83,14 @@ class RequestContextMiddleware:
                 },
             )
             request_id_var.reset(token)
+
+
+async def _shutting_down(scope: Scope, receive: Receive, send: Send) -> None:
+    response = problem_response(
+        503,
+        "shutting_down",
+        "Shutting down",
+        "The gateway is shutting down; retry on another replica or later.",
+        headers={"Retry-After": "5"},
+    )
+    await response(scope, receive, send)

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 # Codes answered here rather than by a HeadCTError: (statuses, code, note).
 _OWN_CODES = [
     ("400", "invalid_request", ""),
+    ("400", "malformed_http", ""),
+    ("503", "shutting_down", ""),
     ("404, 405", "not_found, method_not_allowed", ""),
     ("500", "internal_error", ""),
 ]

@@ -126,3 +126,45 @@ def test_deflated_files_are_read_and_a_deflate_bomb_is_refused_unread(tmp_path: 
     with pytest.raises(CorruptDicomError, match="inflates past"):
         ingest_study([("bomb.dcm", data)], grid=GRID)
     assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize("compression", ["rle", "jpeg2000"])
+@pytest.mark.parametrize(("rows", "frames"), [(4096, 1), (2048, 8)])
+def test_compressed_pixels_declaring_far_more_than_they_hold_are_refused_undecoded(
+    tmp_path: Path, compression: str, rows: int, frames: int
+) -> None:
+    options = SynthOptions(slices=20, matrix=64, compression=compression)
+    study = generate_study(np.random.default_rng(4), options)
+    files = write_study(study, tmp_path, options, np.random.default_rng(5))
+    data = _edit(files[0], Rows=rows, Columns=rows, NumberOfFrames=frames)
+    started = time.perf_counter()
+    with pytest.raises(CorruptDicomError, match="refused undecoded"):
+        ingest_study([(files[0].name, data)], grid=GRID)
+    assert time.perf_counter() - started < 2.0
+
+
+def test_declared_pixels_over_the_decoded_cap_are_refused(tmp_path: Path) -> None:
+    files = _study(tmp_path)
+    # 4096 x 4096 x 2 bytes x 64 frames = 2 GiB declared, in a 8 KB file
+    data = _edit(files[0], Rows=4096, Columns=4096, NumberOfFrames=64)
+    with pytest.raises(CorruptDicomError, match="over the limit"):
+        ingest_study([(files[0].name, data)], grid=GRID)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [("Modality", "ZZTEST"), ("Modality", "PHI98765"), ("ImageType", ["ORIGINAL", "PHI98765"])],
+)
+def test_coded_tags_holding_identifiers_are_not_echoed(
+    tmp_path: Path, keyword: str, value: object
+) -> None:
+    files = _study(tmp_path)
+    values: dict[str, object] = {keyword: value}
+    if keyword == "ImageType":
+        values["ImageType"] = [*value, "LOCALIZER"]  # type: ignore[misc]
+    edited = [(f.name, _edit(f, **values)) for f in files]
+    with pytest.raises(IngestError) as error:
+        ingest_study(edited, grid=GRID)
+    shown = str(error.value.to_dict())
+    assert "PHI98765" not in shown and "ZZTEST" not in shown
+    assert ("modality" if keyword == "Modality" else "ImageType") in shown  # named, not quoted

@@ -19,7 +19,7 @@ from service.backends.base import InferenceBackend
 from service.backends.onnx import OnnxBackend
 from service.contract import ModelOutputs
 from service.dicom_io import StudySource, load_study
-from service.errors import BackendTimeoutError
+from service.errors import BackendTimeoutError, IngestTimeoutError
 from service.model_card import ModelCard
 from service.pipeline import Deadlines, TriagePipeline
 from service.schemas import TriageResult
@@ -176,4 +176,20 @@ def test_cancelling_the_caller_stops_ingest_between_files(
             pytest.fail("the pipeline ran to the end")
 
     anyio.run(main)
+    assert 0 < len(read) < len(study)
+
+
+def test_the_ingest_deadline_stops_ingest_at_the_next_file(
+    pipeline: TriagePipeline, study: list[Path]
+) -> None:
+    read: list[Path] = []
+
+    def slow_sources() -> Iterator[Path]:
+        for path in study:
+            time.sleep(0.05)
+            read.append(path)
+            yield path
+
+    with pytest.raises(IngestTimeoutError, match=r"longer than 0\.2 s"):
+        anyio.run(lambda: pipeline.run_async(slow_sources(), deadlines=Deadlines(ingest_s=0.2)))
     assert 0 < len(read) < len(study)

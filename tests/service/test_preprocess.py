@@ -100,3 +100,17 @@ def test_grid_rejects_nonsense() -> None:
         ModelGrid(depth=0)
     with pytest.raises(ValueError, match="fov_mm"):
         ModelGrid(fov_mm=-1.0)
+
+
+@pytest.mark.parametrize("scale", [1e6, 1e4, 50.0, 13.0])
+def test_plane_taps_cost_follows_the_grid_not_the_input_spacing(scale: float) -> None:
+    """A spacing ratio of 1e6 (PixelSpacing 1\\1e-6) once sized the taps by the ratio: 9 GB."""
+    taps = plane_taps(10, 4, scale)
+    assert taps.index.shape[1] <= 10 + 2
+    # the area weights by their definition: the overlap of each output pixel with each input one
+    centres = 4.5 + (np.arange(4) - 1.5) * scale
+    pixels = np.arange(10)
+    lo = np.maximum(centres[:, None] - scale / 2, pixels[None, :] - 0.5)
+    hi = np.minimum(centres[:, None] + scale / 2, pixels[None, :] + 0.5)
+    expected = np.clip(hi - lo, 0, None) / scale
+    np.testing.assert_allclose(_dense(taps.index, taps.weight, 10), expected, atol=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -109,3 +110,31 @@ def test_serve_refuses_bad_settings(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["serve", "--model-repository", str(tmp_path / "missing")])
     assert result.exit_code == 2
     assert "HEADCT_MODEL_REPOSITORY" in result.output
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /v1/triage HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"POST /v1/triage HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"\x16\x03\x01 garbage \xff\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\n",
+    ],
+    ids=["negative-length", "length-and-chunked", "garbage-line", "two-lengths"],
+)
+def test_malformed_framing_gets_problem_json_from_the_real_server(
+    server: GatewayProcess, request_bytes: bytes
+) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request_bytes)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"content-type: application/problem+json" in head.lower()
+    problem = json.loads(body)
+    assert problem["code"] == "malformed_http"
+    assert problem["status"] == 400

@@ -1,28 +1,29 @@
 """``POST /v1/triage``: a study in, the triage result out.
 
-admit (or 429) -> receive the upload (deadline) -> the triage pipeline (``service.pipeline``:
-wait for a slot, then ingest and infer in worker threads, inference under its deadline) ->
-the result, observed in the metrics.
+receive the upload (the client's allowance of uploads, or 429; its deadline and minimum rate, or
+408; non-DICOM refused from its first bytes) -> admit (or 429) -> the triage pipeline
+(``service.pipeline``: wait for a slot, then ingest and infer in worker threads, each under its
+deadline) -> the result, observed in the metrics. A client that disconnects stops its study's
+work; the answer it no longer waits for is logged as 499 ``client_disconnected``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import anyio
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
-from service.api.deps import LimiterDep, MetricsDep, PipelineDep, SettingsDep
+from service.api.deps import LimiterDep, MetricsDep, PipelineDep, SettingsDep, UploadLimiterDep
 from service.api.routes import versioned_router
-from service.errors import MalformedUploadError, UploadTimeoutError
+from service.errors import ClientDisconnectedError
 from service.pipeline import Deadlines
 from service.schemas import PROBLEM_MEDIA_TYPE, Problem, TriageResult
 from service.settings import Settings
 from service.uploads import (
-    Upload,
     UploadLimits,
     check_declared_length,
     check_media_type,
@@ -54,11 +55,12 @@ REQUEST_BODY: dict[str, Any] = {
 _PROBLEMS = {
     400: "Not DICOM, corrupt or truncated, or a malformed upload.",
     401: "API keys are configured and none (or a wrong one) was sent.",
-    408: "The upload was not received within the upload deadline.",
+    408: "The upload was not received within its deadline, or arrived under the minimum rate.",
     413: "Over the size, file-count or zip limits.",
     415: "The Content-Type is not multipart/form-data, application/zip or application/dicom.",
-    422: "DICOM, but not a usable head CT; 'series' says why for each series.",
-    429: "Over capacity; retry after Retry-After seconds.",
+    422: "DICOM, but not a usable head CT ('series' says why for each series), or too costly "
+    "to read within the ingest deadline.",
+    429: "Over capacity, or too many uploads from this client; retry after Retry-After seconds.",
     503: "The inference backend is unavailable.",
     504: "The inference backend did not answer in time.",
 }
@@ -78,7 +80,14 @@ def upload_limits(settings: Settings) -> UploadLimits:
         max_files=settings.max_files,
         max_zip_uncompressed_bytes=settings.max_zip_uncompressed_bytes,
         max_zip_ratio=settings.max_zip_ratio,
+        timeout_s=settings.upload_timeout_s,
+        min_rate_bytes_s=settings.upload_min_rate_bytes_s,
+        grace_s=settings.upload_rate_grace_s,
     )
+
+
+def deadlines(settings: Settings) -> Deadlines:
+    return Deadlines(ingest_s=settings.ingest_timeout_s, inference_s=settings.inference_timeout_s)
 
 
 async def _chunks(request: Request) -> AsyncIterator[bytes]:
@@ -87,25 +96,36 @@ async def _chunks(request: Request) -> AsyncIterator[bytes]:
             if chunk:
                 yield chunk
     except ClientDisconnect:
-        raise MalformedUploadError("The client disconnected during the upload.") from None
+        raise ClientDisconnectedError("The client disconnected during the upload.") from None
 
 
-async def _receive(request: Request, limits: UploadLimits, settings: Settings) -> Upload:
-    """The upload, spooled, within the upload deadline."""
-    try:
-        with anyio.fail_after(settings.upload_timeout_s):
-            return await receive_upload(
-                request.headers.get("content-type"),
-                _chunks(request),
-                limits,
-                spool_dir=settings.upload_dir,
-                memory_bytes=settings.spool_memory_bytes,
-            )
-    except TimeoutError:
-        raise UploadTimeoutError(
-            f"The upload took longer than {settings.upload_timeout_s:g} s; send it faster or "
-            "in a zip."
-        ) from None
+async def _until_disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body has been read: what comes next is that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[TriageResult]) -> TriageResult:
+    """``work``'s result (or its error); if the client goes first, the work is cancelled (ingest
+    stops at its next file or stage) and ``ClientDisconnectedError`` raised."""
+    outcome: list[TriageResult | Exception] = []
+    async with anyio.create_task_group() as tasks:
+
+        async def run() -> None:
+            try:
+                outcome.append(await work)
+            except Exception as exc:  # raised below, as itself rather than in a group
+                outcome.append(exc)
+            tasks.cancel_scope.cancel()
+
+        tasks.start_soon(run)
+        await _until_disconnected(request)
+        tasks.cancel_scope.cancel()
+    if not outcome:
+        raise ClientDisconnectedError("The client disconnected before its study was triaged.")
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
 
 
 @router.post(
@@ -121,6 +141,7 @@ async def triage(
     pipeline: PipelineDep,
     metrics: MetricsDep,
     limiter: LimiterDep,
+    uploads: UploadLimiterDep,
 ) -> TriageResult:
     """Upload one study (a folder's DICOM files, or a zip); get the probability of each of the 75
     findings, the triage priority, the router weights and the key slice. Not for clinical use."""
@@ -128,17 +149,29 @@ async def triage(
     limits = upload_limits(settings)
     check_media_type(request.headers.get("content-type"))
     check_declared_length(request.headers.get("content-length"), limits)
-    async with limiter.admit():
-        metrics.inflight.inc()
-        try:
-            with await _receive(request, limits, settings) as upload:
-                result = await pipeline.run_async(
-                    upload.sources(),
-                    started=started,
-                    slot=limiter.slot(),
-                    deadlines=Deadlines(inference_s=settings.inference_timeout_s),
+    client = request.client.host if request.client else "unknown"
+    async with uploads.receiving_from(client):
+        upload = await receive_upload(
+            request.headers.get("content-type"),
+            _chunks(request),
+            limits,
+            spool_dir=settings.upload_dir,
+            memory_bytes=settings.spool_memory_bytes,
+        )
+    with upload:
+        async with limiter.admit():
+            metrics.inflight.inc()
+            try:
+                result = await _unless_disconnected(
+                    request,
+                    pipeline.run_async(
+                        upload.sources(),
+                        started=started,
+                        slot=limiter.slot(),
+                        deadlines=deadlines(settings),
+                    ),
                 )
-            metrics.observe_result(result)
-            return result
-        finally:
-            metrics.inflight.dec()
+                metrics.observe_result(result)
+                return result
+            finally:
+                metrics.inflight.dec()
