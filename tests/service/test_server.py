@@ -138,3 +138,49 @@ def test_malformed_framing_gets_problem_json_from_the_real_server(
     problem = json.loads(body)
     assert problem["code"] == "malformed_http"
     assert problem["status"] == 400
+
+
+@pytest.mark.parametrize("protocol", ["h11", "httptools"])
+def test_each_http_implementation_answers_bad_framing_with_problem_json(protocol: str) -> None:
+    """Both of uvicorn's HTTP implementations (``headct serve`` picks httptools when installed,
+    h11 otherwise) answer framing errors with problem+json; a real uvicorn server on a socket."""
+    import threading
+
+    import uvicorn
+
+    from service.api import framing
+
+    classes = {"h11": framing.ProblemH11Protocol, "httptools": framing.HTTP_PROTOCOL}
+    cls = classes[protocol]
+    assert protocol == "h11" or cls.__name__ == "ProblemHttpToolsProtocol"
+
+    async def app(scope: dict, receive: object, send: object) -> None:  # never reached
+        raise AssertionError("a malformed request reached the application")
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, http=cls, lifespan="off", log_level="error"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"content-type: application/problem+json" in head.lower()
+    assert json.loads(body)["code"] == "malformed_http"
