@@ -128,7 +128,6 @@ class Series:
     uid: str
     number: int | None
     modality: str
-    description: str
     image_type: tuple[str, ...]
     kernel: str
     sop_class: str
@@ -182,11 +181,11 @@ def plane_name(normal: np.ndarray | None) -> str:
 
 @dataclass
 class SeriesReport:
-    """Why a series was or was not chosen. Holds no patient identifiers."""
+    """Why a series was or was not chosen. Holds no patient identifiers and no free-text tag
+    (SeriesDescription is left out: sites put names and notes there)."""
 
     series_uid: str
     series_number: int | None
-    description: str
     modality: str
     image_type: list[str]
     kernel: str
@@ -202,7 +201,6 @@ class SeriesReport:
         return {
             "series_uid": self.series_uid,
             "series_number": self.series_number,
-            "description": self.description,
             "modality": self.modality,
             "image_type": self.image_type,
             "kernel": self.kernel,
@@ -391,7 +389,6 @@ def group_series(files: Sequence[LoadedFile]) -> list[Series]:
                     uid=uid,
                     number=int(number) if number not in (None, "") else None,
                     modality=str(ds.get("Modality") or "").upper(),
-                    description=str(ds.get("SeriesDescription") or ""),
                     image_type=tuple(str(t).strip().upper() for t in image_type),
                     kernel=_kernel(ds),
                     sop_class=str(ds.get("SOPClassUID") or ""),
@@ -505,7 +502,6 @@ def report_series(series: Series, rules: SelectionRules) -> SeriesReport:
     return SeriesReport(
         series_uid=series.uid,
         series_number=series.number,
-        description=series.description,
         modality=_shown_modality(series.modality),
         image_type=_shown_image_type(series.image_type, rules).split("\\"),
         kernel=series.kernel,

@@ -104,6 +104,19 @@ def test_errors_name_the_file_not_header_values(tmp_path: Path) -> None:
     assert identifier not in garbage.value.message and "x.dcm" in garbage.value.message
 
 
+def test_series_reports_carry_no_free_text_tags(tmp_path: Path) -> None:
+    """A 422's per-series report names the series by UID and number, never by SeriesDescription,
+    where sites put names and notes."""
+    files = _study(tmp_path)
+    identifier = "PHI987654 DOE^JOHN"
+    edited = [(f.name, _edit(f, SeriesDescription=identifier, Modality="MR")) for f in files]
+    with pytest.raises(IngestError) as error:
+        ingest_study(edited, grid=GRID)
+    body = str(error.value.to_dict())
+    assert "series" in body  # the report is there
+    assert "PHI987654" not in body and "DOE" not in body
+
+
 def _deflated(ds: pydicom.Dataset) -> bytes:
     ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
     buffer = io.BytesIO()
