@@ -112,20 +112,23 @@ def orthanc_server(
     *,
     modalities: Mapping[str, tuple[str, str, int]] = {},
     aet: str = "ORTHANC",
+    ports: tuple[int, int] | None = None,
     startup_timeout_s: float = 30.0,
 ) -> Iterator[OrthancServer]:
     """Start Orthanc with its files under ``workdir`` and stop it when the block ends.
 
     ``modalities`` maps a name to (AE title, host, port) of a DICOM node Orthanc may store to.
-    Raises ``OrthancStartError`` with the tail of Orthanc's log if it does not start."""
+    ``ports``: (HTTP, DICOM), to bring a stopped server back where its clients look for it (with
+    its stored studies, when ``workdir`` is the same); default: two free ports. Raises
+    ``OrthancStartError`` with the tail of Orthanc's log if it does not start."""
     workdir.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = _distinct_free_ports(2)
+    http_port, dicom_port = ports or _distinct_free_ports(2)
     config = _write_config(
         workdir, aet=aet, http_port=http_port, dicom_port=dicom_port, modalities=modalities
     )
     rest_url = f"http://127.0.0.1:{http_port}"
     log = workdir / "orthanc.log"
-    with log.open("wb") as output:
+    with log.open("ab") as output:
         process = subprocess.Popen(
             [ORTHANC, str(config)], stdout=output, stderr=subprocess.STDOUT, cwd=workdir
         )
