@@ -14,7 +14,12 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.pacs.destination import Destination, check_ae_title, parse_destination
+from service.pacs.destination import (
+    DEFAULT_CALLING_AET,
+    Destination,
+    check_ae_title,
+    parse_destination,
+)
 
 # The demo model's repository in a source checkout (and an editable install of one). An installed
 # wheel does not ship it: there ``HEADCT_MODEL_REPOSITORY`` must name a model repository.
@@ -120,7 +125,7 @@ class Settings(BaseSettings):
         "empty: results are not sent.",
     )
     pacs_calling_aet: str = Field(
-        "HEADCT", description="Our AE title when storing to a DIMSE destination."
+        DEFAULT_CALLING_AET, description="Our AE title when storing to a DIMSE destination."
     )
     pacs_delivery_timeout_s: float = Field(
         30.0, gt=0, description="Deadline of each network step of one delivery attempt."

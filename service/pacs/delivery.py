@@ -29,7 +29,12 @@ from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from service.pacs.destination import Destination, DicomwebDestination, DimseDestination
+from service.pacs.destination import (
+    DEFAULT_CALLING_AET,
+    Destination,
+    DicomwebDestination,
+    DimseDestination,
+)
 from service.settings import Settings
 
 if TYPE_CHECKING:  # service.metrics counts these outcomes, so it imports this module
@@ -198,7 +203,7 @@ def send(
     destination: Destination,
     *,
     timeout_s: float,
-    calling_aet: str = "HEADCT",
+    calling_aet: str = DEFAULT_CALLING_AET,
 ) -> None:
     """Store every dataset at ``destination`` (one request or association), or raise
     ``DeliveryError``. ``timeout_s`` bounds each network step; ``calling_aet`` is our AE title
@@ -224,7 +229,7 @@ def attempt_delivery(
     policy: RetryPolicy,
     metrics: GatewayMetrics,
     timeout_s: float,
-    calling_aet: str = "HEADCT",
+    calling_aet: str = DEFAULT_CALLING_AET,
 ) -> DeliveryAttempt:
     """Attempt number ``attempt`` (1-based) of one delivery, its outcome counted and logged."""
     classes = sorted({ds.SOPClassUID.name for ds in datasets})

@@ -12,6 +12,7 @@ from enum import StrEnum
 from urllib.parse import urlsplit
 
 MAX_AE_TITLE_CHARS = 16
+DEFAULT_CALLING_AET = "HEADCT"  # our AE title toward a DIMSE destination, unless configured
 
 
 class DestinationKind(StrEnum):

@@ -170,7 +170,9 @@ def _finding_group(
             uid=_uid(result, f"finding {finding.code}"), identifier=finding.code
         ),
         finding_type=finding_concept(finding.code, finding.name),
-        finding_category=CodedConcept(finding.category, SCHEME, finding.category),
+        finding_category=CodedConcept(
+            finding.category, SCHEME, finding.category.replace("_", " ").capitalize()
+        ),
         algorithm_id=_algorithm(card),
         measurements=[
             Measurement(name=PROBABILITY, value=finding.probability, unit=UNITLESS),
@@ -237,6 +239,10 @@ def build_sr(result: TriageResult, card: ModelCard, evidence: Sequence[Dataset])
     return sr
 
 
+def _multi_frame(ds: Dataset) -> bool:
+    return int(ds.get("NumberOfFrames") or 1) > 1
+
+
 def _patient_orientation(key_slice: Dataset) -> tuple[str, str]:
     """The letters of the row and column directions (PS3.3 C.7.6.1.1.1), dominant axis only."""
     orientation = key_slice.get("ImageOrientationPatient")
@@ -275,6 +281,8 @@ def build_key_image(result: TriageResult, card: ModelCard, key_slice: Dataset) -
         raise ValueError("key_slice is not the result's key SOP instance")
     if "PixelData" not in key_slice:
         raise ValueError("key_slice was read without its pixel data")
+    if _multi_frame(key_slice):
+        raise ValueError("the key instance is multi-frame, and the result names no frame")
     hu = apply_rescale(pixel_array(key_slice), key_slice)
     slices = result.slices
     text = KeyImageText(
@@ -319,10 +327,13 @@ def build_key_image(result: TriageResult, card: ModelCard, key_slice: Dataset) -
 def build_outputs(
     result: TriageResult, card: ModelCard, evidence: Sequence[Dataset]
 ) -> list[Dataset]:
-    """[SR, key image] for a triaged study; [SR] alone when the result names no key instance.
+    """[SR, key image] for a triaged study; [SR] alone when the result names no key instance,
+    or names a multi-frame one (an Enhanced CT) without saying which frame.
 
     ``evidence``: the study's instances; headers are enough except for the key slice, whose
     pixels the key image shows."""
     sr = build_sr(result, card, evidence)
     key_slice = _key_slice(result, evidence)
-    return [sr] if key_slice is None else [sr, build_key_image(result, card, key_slice)]
+    if key_slice is None or _multi_frame(key_slice):
+        return [sr]
+    return [sr, build_key_image(result, card, key_slice)]

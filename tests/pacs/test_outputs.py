@@ -5,6 +5,7 @@ the same result."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,6 +224,18 @@ def test_a_result_without_a_key_instance_gets_the_sr_alone(triaged: TriagedStudy
     result.slices.key_sop_instance_uid = None
     (sr,) = build_outputs(result, triaged.card, triaged.evidence)
     assert not [i for i in _items(sr) if i.ValueType == "IMAGE"]
+
+
+def test_a_multi_frame_key_instance_gets_the_sr_alone(triaged: TriagedStudy) -> None:
+    key = triaged.key_slice()
+    enhanced = copy.deepcopy(key)
+    enhanced.NumberOfFrames = 2
+    enhanced.PixelData = key.PixelData * 2
+    evidence = [enhanced if ds is key else ds for ds in triaged.evidence]
+    (sr,) = build_outputs(triaged.result, triaged.card, evidence)
+    assert sr.SOPClassUID == COMPREHENSIVE_3D_SR
+    with pytest.raises(ValueError, match="multi-frame"):
+        build_key_image(triaged.result, triaged.card, enhanced)
 
 
 def test_evidence_must_hold_the_triaged_series_and_key_slice(triaged: TriagedStudy) -> None:
