@@ -211,12 +211,21 @@ def test_a_card_not_trained_on_phantoms_gets_no_synthetic_banner(triaged: Triage
 def test_the_same_result_gives_the_same_instances_and_another_result_new_ones(
     outputs: list[Dataset], triaged: TriagedStudy
 ) -> None:
-    again = build_outputs(triaged.result, triaged.card, triaged.evidence)
-    assert [ds.SOPInstanceUID for ds in again] == [ds.SOPInstanceUID for ds in outputs]
+    sr, key_image = outputs
+    again = build_sr(triaged.result, triaged.card, triaged.evidence)
+    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (
+        sr.SOPInstanceUID,
+        sr.SeriesInstanceUID,
+    )
     changed = triaged.result.model_copy(deep=True)
     changed.findings[0].probability = 0.5 * changed.findings[0].probability
-    other = build_outputs(changed, triaged.card, triaged.evidence)
-    assert not {ds.SOPInstanceUID for ds in other} & {ds.SOPInstanceUID for ds in outputs}
+    other = build_key_image(changed, triaged.card, triaged.key_slice())
+    assert other.SOPInstanceUID != key_image.SOPInstanceUID
+    assert other.SeriesInstanceUID != key_image.SeriesInstanceUID
+    retimed = triaged.result.model_copy(deep=True)
+    retimed.timing_ms.total += 1000.0
+    same = build_key_image(retimed, triaged.card, triaged.key_slice())
+    assert same.SOPInstanceUID == key_image.SOPInstanceUID
 
 
 def test_a_result_without_a_key_instance_gets_the_sr_alone(triaged: TriagedStudy) -> None:
