@@ -15,6 +15,8 @@ from prometheus_client import (
 )
 
 from service.model_card import ModelCard
+from service.pacs.delivery import DeliveryOutcome
+from service.pacs.destination import DestinationKind
 from service.schemas import TriageResult
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -87,6 +89,16 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
+        self.pacs_deliveries = Counter(
+            "headct_pacs_deliveries_total",
+            "Attempts to deliver a study's SR and key image to a PACS destination, by outcome: "
+            "delivered, retry (failed, tried again later) or dead_letter (given up).",
+            ["destination_kind", "outcome"],
+            registry=r,
+        )
+        for kind in DestinationKind:  # zero series from the start, so rates are defined
+            for outcome in DeliveryOutcome:
+                self.pacs_deliveries.labels(destination_kind=kind.value, outcome=outcome.value)
         self.model_info = Gauge(
             "headct_model_info",
             "The model being served (value 1).",

@@ -14,6 +14,13 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.pacs.destination import (
+    DEFAULT_CALLING_AET,
+    Destination,
+    check_ae_title,
+    parse_destination,
+)
+
 # The demo model's repository in a source checkout (and an editable install of one). An installed
 # wheel does not ship it: there ``HEADCT_MODEL_REPOSITORY`` must name a model repository.
 DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
@@ -109,12 +116,53 @@ class Settings(BaseSettings):
     log_level: LogLevel = LogLevel.INFO
     log_json: bool = Field(True, description="JSON lines on stderr; false: plain text.")
 
+    # ---- PACS delivery: where the SR and key image go, and how failures are retried
+    # (service/pacs/delivery.py) ----
+    pacs_destinations: Annotated[tuple[Destination, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated destinations for each triaged study's SR and key image: "
+        "dicomweb:http://host:port/dicom-web (STOW-RS) or dimse:AET@host:port (C-STORE); "
+        "empty: results are not sent.",
+    )
+    pacs_calling_aet: str = Field(
+        DEFAULT_CALLING_AET, description="Our AE title when storing to a DIMSE destination."
+    )
+    pacs_delivery_timeout_s: float = Field(
+        30.0, gt=0, description="Deadline of each network step of one delivery attempt."
+    )
+    pacs_retry_max_attempts: int = Field(
+        8, ge=1, description="Attempts per destination before a delivery is dead-lettered."
+    )
+    pacs_retry_base_s: float = Field(
+        5.0, gt=0, description="Wait after the first failed attempt (before jitter)."
+    )
+    pacs_retry_factor: float = Field(
+        2.0, ge=1, description="Each further failed attempt multiplies the wait by this."
+    )
+    pacs_retry_cap_s: float = Field(600.0, gt=0, description="Longest wait between attempts.")
+    # ---- end of PACS delivery ----
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(k.strip() for k in value.split(",") if k.strip())
         return value
+
+    @field_validator("pacs_destinations", mode="before")
+    @classmethod
+    def _parse_destinations(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return tuple(parse_destination(d) for d in value.split(",") if d.strip())
+            except ValueError as exc:
+                raise ValueError(f"HEADCT_PACS_DESTINATIONS: {exc}") from None
+        return value
+
+    @field_validator("pacs_calling_aet")
+    @classmethod
+    def _check_calling_aet(cls, value: str) -> str:
+        return check_ae_title(value, "HEADCT_PACS_CALLING_AET")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -144,6 +192,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"HEADCT_MODEL_REPOSITORY {str(self.model_repository)!r} is not a folder; point it "
                 "at a model repository holding <model_name>/<version>/model.onnx"
+            )
+        if self.pacs_retry_cap_s < self.pacs_retry_base_s:
+            raise ValueError(
+                f"HEADCT_PACS_RETRY_CAP_S ({self.pacs_retry_cap_s}) is below "
+                f"HEADCT_PACS_RETRY_BASE_S ({self.pacs_retry_base_s})"
             )
         if self.upload_dir is not None and not self.upload_dir.is_dir():
             raise ValueError(f"HEADCT_UPLOAD_DIR {str(self.upload_dir)!r} is not a folder")

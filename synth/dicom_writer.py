@@ -116,6 +116,7 @@ def _study_header(study_uid: str, labels: np.ndarray, rng: np.random.Generator) 
     ds.PatientSex = "M" if rng.random() < 0.5 else "F"
     ds.PatientAge = f"{age:03d}Y"
     ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "synthetic phantom: no patient"  # required once identity is removed
     ds.Manufacturer = MANUFACTURER
     ds.ManufacturerModelName = "headct-triage phantom"
     ds.InstitutionName = "SYNTHETIC DATA"
