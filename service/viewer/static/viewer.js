@@ -26,6 +26,7 @@ const page = {
   keyForm: $("#key-form"),
   keyToggle: $("#key-toggle"),
   modelInfo: $("#model-info"),
+  intro: $("#intro"),
 };
 
 const router = new RouterChart($("#router-chart"));
@@ -107,11 +108,20 @@ function renderFindingsNow() {
   }
 }
 
+function hideResult() {
+  current = null;
+  page.banner.hidden = true;
+  page.result.hidden = true;
+  page.intro.hidden = false;
+  page.dropzone.classList.remove("compact");
+}
+
 function showResult(result) {
   current = result;
   renderBanner(page.banner, result);
   performance.mark("headct:banner");
   page.result.hidden = false;
+  page.intro.hidden = true;
   page.dropzone.classList.add("compact");
   renderFindingsNow();
   router.render(result.router, result.slices.key_slice);
@@ -142,6 +152,7 @@ async function send(files) {
     return;
   }
   busy = true;
+  hideResult();
   page.dropzone.setAttribute("aria-busy", "true");
   let timer = null;
   const total = files.reduce((sum, f) => sum + f.size, 0);
@@ -254,6 +265,7 @@ async function describeModel() {
     const card = await getJSON("/v1/model");
     page.modelInfo.textContent = `Model ${card.name} version ${card.version}`;
     page.modelInfo.title = card.intended_use;
+    $("#intended-use").textContent = card.intended_use;
   } catch (problem) {
     page.modelInfo.textContent =
       problem.body && problem.body.code === "unauthorized"
@@ -266,8 +278,9 @@ async function describeModel() {
 $("#reopen-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const uid = $("#reopen-uid").value.trim();
-  if (!uid) return;
+  if (!uid || busy) return;
   clearProblem();
+  hideResult();
   try {
     const stored = await getJSON(`/v1/studies/${encodeURIComponent(uid)}`);
     const result = stored.findings ? stored : stored.result;
