@@ -106,7 +106,10 @@ def _mark_count(driver: Chrome, name: str) -> int:
 
 
 def _pick_folder(driver: Chrome, folder: Path) -> None:
+    driver.execute_script("performance.clearMarks()")  # the last upload's
     driver.find_element(By.ID, "pick-folder").send_keys(str(folder))
+    # once the page has the files (its drop mark), the last upload's banner or problem is gone
+    _wait(driver, lambda d: _mark_count(d, "headct:drop") == 1)
     _wait(driver, lambda d: _shown(d, "banner") or _shown(d, "problem"))
     assert not _shown(driver, "problem"), driver.find_element(By.ID, "problem").text
     _wait(driver, lambda d: _mark_count(d, "headct:slices-shown") == 1)

@@ -6,7 +6,7 @@ import { getBlob, getJSON } from "./api.js";
 
 const STRIP_INSET = 8; // CSS px: half of Chromium's range thumb, so bars sit under the thumb's centre
 const OVERLAY_RGB = [255, 96, 32];
-const OVERLAY_MAX_ALPHA = 128; // at the key slice: half opaque, the anatomy still shows
+const OVERLAY_MAX_ALPHA = 110; // at the key slice: under half opaque, the anatomy shows
 
 export class SliceViewer {
   constructor(root, { onSlice }) {
@@ -86,6 +86,7 @@ export class SliceViewer {
     this.setWindow(first);
     performance.mark("headct:slices-shown");
     await Promise.allSettled(loads);
+    if (generation === this.generation) performance.mark("headct:slices-loaded");
   }
 
   async loadSheet(window, generation) {

@@ -1,7 +1,8 @@
 // The page: upload (drop or pick), progress, problems in plain words, the result (banner,
 // findings, slices, router), the API key, and reopening a stored result by study UID.
 // performance marks: headct:drop (files received), headct:banner (result shown),
-// headct:slices-shown (first slice image drawn), for measuring what a user waits for.
+// headct:slices-shown (first slice image drawn), headct:slices-loaded (every window's sheet), for
+// measuring what a user waits for.
 
 import { apiKey, getJSON, hintFor, networkProblem, setApiKey } from "./api.js";
 import { renderBanner, renderFindings } from "./findings.js";
