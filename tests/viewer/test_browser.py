@@ -316,6 +316,42 @@ def test_the_router_chart(result_page: Chrome, api_result: dict[str, Any]) -> No
     page.find_element(By.ID, "slice-stage").send_keys("k")
 
 
+def test_progress_shows_while_uploading_and_while_the_server_works(
+    opened: Chrome, study_folder: Path, screenshots: Path
+) -> None:
+    """The upload throttled (DevTools) so that its progress can be watched."""
+    page = opened
+    size = sum(f.stat().st_size for f in study_folder.glob("*.dcm"))
+    page.execute_cdp_cmd("Network.enable", {})
+    page.execute_cdp_cmd(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": size / 2},
+    )
+    try:
+        page.execute_script("performance.clearMarks()")
+        page.find_element(By.ID, "pick-folder").send_keys(str(study_folder))
+        seen: list[tuple[str, str | None]] = []
+
+        def watch(d: Chrome) -> bool:
+            bar = d.find_element(By.ID, "progress-bar")
+            seen.append((d.find_element(By.ID, "progress-text").text, bar.get_attribute("value")))
+            if len(seen) == 5:
+                d.save_screenshot(str(screenshots / "02-uploading.png"))
+            return _mark_count(d, "headct:banner") == 1
+
+        _wait(page, watch)
+    finally:
+        page.execute_cdp_cmd(
+            "Network.emulateNetworkConditions",
+            {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+        )
+    uploading = [float(v) for text, v in seen if text.startswith("Uploading:") and v]
+    assert any(0 < v < 1 for v in uploading), seen
+    assert uploading == sorted(uploading)
+    assert any("The gateway is reading the study and running the model" in t for t, _ in seen)
+    assert not _shown(page, "progress")
+
+
 def test_a_dropped_file_that_is_not_dicom_is_refused_in_plain_words(
     opened: Chrome, screenshots: Path
 ) -> None:

@@ -200,6 +200,13 @@ page.dropzone.addEventListener("drop", async (event) => {
   markDrop();
   await send(await filesFromDrop(event.dataTransfer));
 });
+// from the keyboard, the zone opens the file picker
+page.dropzone.addEventListener("keydown", (event) => {
+  if (event.target === page.dropzone && (event.key === "Enter" || event.key === " ")) {
+    event.preventDefault();
+    $("#pick-files").click();
+  }
+});
 // a file dropped beside the zone would make the browser open it in place of the page
 window.addEventListener("dragover", (event) => event.preventDefault());
 window.addEventListener("drop", (event) => event.preventDefault());
