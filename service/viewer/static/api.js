@@ -41,6 +41,17 @@ export function problemFrom(status, text) {
   });
 }
 
+/** Anything thrown, as a Problem: the gateway's, or the page's own failure said as one. */
+export function asProblem(error) {
+  if (error instanceof Problem) return error;
+  return new Problem({
+    status: 0,
+    code: "viewer_error",
+    title: "The viewer failed",
+    detail: `The page could not show the answer (${error && error.message}). Reload it and try again.`,
+  });
+}
+
 export function networkProblem() {
   return new Problem({
     status: 0,
@@ -87,7 +98,6 @@ const HINTS = {
   too_many_uploads: "This computer already has several uploads in progress. Wait for them, then try again.",
   backend_unavailable: "The model is not available right now. Try again shortly.",
   backend_timeout: "The model did not answer in time. Try again shortly.",
-  network_error: "",
 };
 
 export function hintFor(problem) {

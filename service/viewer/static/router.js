@@ -16,7 +16,7 @@ function node(tag, attributes, text) {
   return element;
 }
 
-export function colourOf(expert) {
+function colourOf(expert) {
   return COLOURS[expert % COLOURS.length];
 }
 

@@ -4,7 +4,7 @@
 // headct:slices-shown (first slice image drawn), headct:slices-loaded (every window's sheet), for
 // measuring what a user waits for.
 
-import { apiKey, getJSON, hintFor, networkProblem, setApiKey } from "./api.js";
+import { Problem, apiKey, asProblem, getJSON, hintFor, setApiKey } from "./api.js";
 import { renderBanner, renderFindings } from "./findings.js";
 import { RouterChart } from "./router.js";
 import { SliceViewer } from "./slices.js";
@@ -174,7 +174,7 @@ async function send(files) {
     });
     showResult(result);
   } catch (problem) {
-    showProblem(problem.body ? problem : networkProblem(), "The study was not triaged");
+    showProblem(asProblem(problem), "The study was not triaged");
   } finally {
     clearInterval(timer);
     busy = false;
@@ -305,7 +305,7 @@ $("#reopen-form").addEventListener("submit", async (event) => {
     }
     showResult(result);
   } catch (problem) {
-    if (problem.body && problem.body.status === 404) {
+    if (problem instanceof Problem && problem.body.status === 404) {
       showProblem({
         body: {
           ...problem.body,
@@ -313,7 +313,7 @@ $("#reopen-form").addEventListener("submit", async (event) => {
           detail: `The gateway has no stored result for study ${uid}. Results are stored when the gateway keeps a study store; otherwise drop the study to triage it.`,
         },
       });
-    } else showProblem(problem.body ? problem : networkProblem(), "Could not open the study");
+    } else showProblem(asProblem(problem), "Could not open the study");
   }
 });
 
