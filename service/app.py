@@ -18,13 +18,14 @@ from service.api.capacity import StudyLimiter, UploadLimiter
 from service.api.deps import read_card
 from service.api.middleware import RequestContextMiddleware
 from service.api.problems import ERROR_CODES, install_problem_handlers
-from service.api.routes import health, metrics, model, triage
+from service.api.routes import health, metrics, model, triage, viewer
 from service.backends import create_backend
 from service.errors import BackendTimeoutError, BackendUnavailableError
 from service.log_config import configure_logging, silence_header_warnings
 from service.metrics import GatewayMetrics
 from service.model_card import NOT_FOR_CLINICAL_USE
 from service.settings import BackendKind, Settings
+from service.viewer.volumes import RecentVolumes
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,10 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.state.backend = None
     app.state.limiter = StudyLimiter(settings.max_concurrent_jobs, settings.max_queued_jobs)
     app.state.uploads = UploadLimiter(settings.max_uploads_per_client)
+    app.state.volumes = RecentVolumes(settings.viewer_cache_studies)
     install_problem_handlers(app)
-    for module in (triage, model, health, metrics):
+    for module in (triage, model, viewer, health, metrics):
         app.include_router(module.router)
+    viewer.mount_viewer(app)
     app.add_middleware(RequestContextMiddleware, metrics=gateway_metrics)
     return app

@@ -199,6 +199,23 @@ class TooManyUploadsError(HeadCTError):
     retry_after = True
 
 
+class StudyImagesNotFoundError(HeadCTError):
+    """The viewer asked for the images of a study the gateway does not keep: never triaged here,
+    pushed out by more recent studies, or triaged before the gateway restarted."""
+
+    code = "study_images_not_found"
+    status = 404
+    title = "No images kept for this study"
+
+
+class UnknownWindowError(HeadCTError):
+    """The viewer asked for a display window the model card does not list."""
+
+    code = "unknown_window"
+    status = 404
+    title = "Unknown display window"
+
+
 # ---- the model and its backend: server-side, never the client's fault ----
 
 

@@ -8,12 +8,13 @@
 - postprocess (``service.postprocess``): findings against the card's thresholds, the priority,
   the key slice, the router weights, and the time each stage took.
 
-The HTTP route (``POST /v1/triage``), ``headct triage``, the benchmarks, and the PACS listener,
-batch scorer and viewer to come hand it a study as sources (``service.dicom_io.StudySource``:
+The HTTP route (``POST /v1/triage``), ``headct triage``, the benchmarks, and the PACS listener
+and batch scorer to come hand it a study as sources (``service.dicom_io.StudySource``:
 files, folders or zips on disk, bytes in memory, or datasets already parsed) and get the
-``TriageResult`` the API returns, or a ``HeadCTError`` with a stable code. What comes before
-(admitting a request, receiving an upload, storing instances) belongs to the caller, which says
-when it began (``started``) so that ``timing_ms`` covers the whole request.
+``TriageResult`` the API returns, or a ``HeadCTError`` with a stable code. The gateway's pipeline
+also keeps each triaged study's model-grid volume for the viewer's images (``volumes``). What comes
+before (admitting a request, receiving an upload, storing instances) belongs to the caller, which
+says when it began (``started``) so that ``timing_ms`` covers the whole request.
 
 ``run`` blocks: for the CLI, the batch scorer and the benchmarks. ``run_async`` runs the blocking
 stages in worker threads, so an event loop stays free, and is where a caller's limits attach:
@@ -49,6 +50,7 @@ from service.log_config import log_unexpected
 from service.model_card import ModelCard
 from service.postprocess import build_result
 from service.schemas import TriageResult
+from service.viewer.volumes import RecentVolumes
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +90,13 @@ class _Marks:
 
 
 class TriagePipeline:
-    """Triage studies with one backend. Cheap to make; holds nothing between studies."""
+    """Triage studies with one backend. Cheap to make; holds nothing between studies itself.
+    With ``volumes`` (the gateway's), each triaged study's model-grid volume is kept there for
+    the viewer's images."""
 
-    def __init__(self, backend: InferenceBackend) -> None:
+    def __init__(self, backend: InferenceBackend, volumes: RecentVolumes | None = None) -> None:
         self.backend = backend
+        self.volumes = volumes
 
     def ingest(
         self,
@@ -124,7 +129,7 @@ class TriagePipeline:
         marks.inferring = time.perf_counter()
         outputs = self.infer(ingest)
         marks.inferred = time.perf_counter()
-        return marks.result(card, ingest, outputs)
+        return self._triaged(marks.result(card, ingest, outputs), ingest)
 
     async def run_async(
         self,
@@ -146,7 +151,13 @@ class TriagePipeline:
             marks.inferring = time.perf_counter()
             outputs = await self._infer_within(ingest, deadlines.inference_s)
             marks.inferred = time.perf_counter()
-        return marks.result(card, ingest, outputs)
+        return self._triaged(marks.result(card, ingest, outputs), ingest)
+
+    def _triaged(self, result: TriageResult, ingest: IngestResult) -> TriageResult:
+        """``result``, its volume kept for the viewer once the study is triaged."""
+        if self.volumes is not None:
+            self.volumes.keep(ingest.study_uid, ingest.volume)
+        return result
 
     async def _ingest_within(
         self, sources: Iterable[StudySource], card: ModelCard, timeout_s: float | None

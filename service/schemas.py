@@ -153,6 +153,28 @@ class Problem(BaseModel):
     )
 
 
+class WindowSheet(BaseModel):
+    name: str = Field(description="The model card's name for the window: brain, subdural, bone.")
+    center: float
+    width: float
+    url: str = Field(description="The PNG sheet of every slice of the study under this window.")
+
+
+class SliceSheets(BaseModel):
+    """A study's slices on the model grid, as one PNG sheet per display window: slice ``i``
+    (0 inferior, the grid of ``slices.attention`` and ``router.slice_weights``) is the tile at
+    row ``i // columns``, column ``i % columns``, each ``height`` x ``width`` pixels."""
+
+    study_uid: str
+    slices: int
+    height: int
+    width: int
+    columns: int
+    rows: int
+    spacing_mm: list[float] = Field(description="Between slices, rows and columns of the grid.")
+    windows: list[WindowSheet]
+
+
 class Health(BaseModel):
     status: str = "ok"
 

@@ -110,6 +110,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Per request, upload bytes kept in memory before spooling to upload_dir.",
     )
+    viewer_cache_studies: int = Field(
+        16,
+        ge=0,
+        description="Studies whose model-grid volumes the gateway keeps in memory for the "
+        "viewer's slice images (the least recently used leave first; about 1 MiB each on the "
+        "demo model's 32x128x128 grid; gone on restart); 0: none, the viewer shows no slices.",
+    )
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated keys accepted on /v1/*; empty: no authentication."
     )

@@ -16,6 +16,7 @@ from service.metrics import GatewayMetrics
 from service.model_card import ModelCard
 from service.pipeline import TriagePipeline
 from service.settings import Settings
+from service.viewer.volumes import RecentVolumes
 
 
 def get_settings(request: Request) -> Settings:
@@ -40,10 +41,16 @@ def get_card(backend: Annotated[InferenceBackend, Depends(get_backend)]) -> Mode
     return read_card(backend)
 
 
+def get_volumes(request: Request) -> RecentVolumes:
+    volumes: RecentVolumes = request.app.state.volumes
+    return volumes
+
+
 async def get_pipeline(
     backend: Annotated[InferenceBackend, Depends(get_backend)],
+    volumes: Annotated[RecentVolumes, Depends(get_volumes)],
 ) -> TriagePipeline:
-    return TriagePipeline(backend)
+    return TriagePipeline(backend, volumes)
 
 
 def get_metrics(request: Request) -> GatewayMetrics:
@@ -87,5 +94,6 @@ CardDep = Annotated[ModelCard, Depends(get_card)]
 PipelineDep = Annotated[TriagePipeline, Depends(get_pipeline)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 LimiterDep = Annotated[StudyLimiter, Depends(get_limiter)]
+VolumesDep = Annotated[RecentVolumes, Depends(get_volumes)]
 UploadLimiterDep = Annotated[UploadLimiter, Depends(get_upload_limiter)]
 ApiKeyDep = Depends(require_api_key)

@@ -99,6 +99,8 @@ def test_the_wheel_builds_clean_with_an_spdx_license(installed: Installed) -> No
         assert "headct = service.cli:main" in wheel.read(entry_points).decode()
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert not [n for n in names if n.startswith("training/")], "the gateway build has no training"
+    viewer = {n.removeprefix("service/viewer/static/") for n in names if "/static/" in n}
+    assert {"index.html", "viewer.js", "viewer.css"} <= viewer, "the viewer is package data"
 
 
 def test_it_runs_from_the_wheel_not_the_checkout(installed: Installed) -> None:
@@ -139,6 +141,14 @@ def test_the_installed_gateway_serves_the_demo_model(installed: Installed, tmp_p
         triaged = httpx2.post(gateway.url + "/v1/triage", files=multipart_files(study), timeout=60)
         assert triaged.status_code == 200, triaged.text
         model = triaged.json()["model"]
+        # the viewer's page and modules come from the installed package, its images from Pillow
+        page = httpx2.get(gateway.url + "/viewer/", timeout=10)
+        assert page.status_code == 200 and 'src="viewer.js"' in page.text
+        for module in ("viewer.js", "api.js", "upload.js", "findings.js", "slices.js", "router.js"):
+            assert httpx2.get(f"{gateway.url}/viewer/{module}", timeout=10).status_code == 200
+        uid = triaged.json()["study_uid"]
+        sheet = httpx2.get(f"{gateway.url}/v1/studies/{uid}/slices/brain.png", timeout=30)
+        assert sheet.status_code == 200 and sheet.content.startswith(b"\x89PNG")
     folders = (DEFAULT_MODEL_REPOSITORY / model["name"]).iterdir()
     versions = [int(f.name) for f in folders if f.name.isdigit()]
     assert model["version"] == max(versions)

@@ -83,6 +83,11 @@ def test_embedded_is_ready_and_triages_as_in_process(
     response = httpx2.post(embedded.url + "/v1/triage", files=multipart_files(study), timeout=120)
     assert response.status_code == 200, response.text
     assert_same_triage(response.json(), in_process_result)
+    # the viewer ships in the image: its page, and the study's slices
+    assert httpx2.get(embedded.url + "/viewer/", timeout=10).status_code == 200
+    uid = response.json()["study_uid"]
+    sheet = httpx2.get(f"{embedded.url}/v1/studies/{uid}/slices/bone.png", timeout=30)
+    assert sheet.status_code == 200 and sheet.headers["content-type"] == "image/png"
 
 
 def test_embedded_answers_bad_input_with_problem_json(embedded: Gateway) -> None:

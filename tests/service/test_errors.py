@@ -300,6 +300,7 @@ DOCUMENTED_TABLE = """\
 | 400 | not_dicom, truncated_dicom, corrupt_dicom, empty_study, unsupported_transfer_syntax, \
 malformed_upload, empty_upload, unsafe_zip_entry, invalid_request, malformed_http |
 | 401 | unauthorized (only when HEADCT_API_KEYS is set) |
+| 404 | study_images_not_found, unknown_window |
 | 404, 405 | not_found, method_not_allowed |
 | 408 | upload_timeout |
 | 413 | upload_too_large, too_many_files, zip_too_large, zip_ratio_exceeded |

@@ -64,13 +64,19 @@ _PROBLEMS = {
     503: "The inference backend is unavailable.",
     504: "The inference backend did not answer in time.",
 }
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {
+
+
+def problem_doc(description: str) -> dict[str, Any]:
+    """The OpenAPI entry of a problem+json response."""
+    return {
         "description": description,
         "model": Problem,
         "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
-    for status, description in _PROBLEMS.items()
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: problem_doc(description) for status, description in _PROBLEMS.items()
 }
 
 
