@@ -1,6 +1,7 @@
 """The abuse campaign as one command, against a real gateway process on loopback.
 
     PYTHONPATH=. python -m bench.abuse [--budget-s 1800] [--fuzz 10000] [--workers 4] [--note TEXT]
+        [--model demo|fixture]
 
 Starts ``headct serve`` (the embedded model) on a free port with its own upload folder, then:
 
@@ -353,12 +354,26 @@ class CpuShare:
         return max(0.0, busy - server - own) / max(capacity, 1e-9)
 
 
-def run(budget_s: float, fuzz: int, workers: int, note: str = "") -> dict[str, Any]:
+def run(
+    budget_s: float, fuzz: int, workers: int, note: str = "", model: str = "demo"
+) -> dict[str, Any]:
     began = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="headct-abuse-"))
     upload_dir = tmp / "uploads"
     upload_dir.mkdir()
-    repository, model_note = _model_repository(tmp)
+    if model == "fixture":
+        from testing.onnx_fixture import write_fixture_repository
+
+        write_fixture_repository(tmp / "repo", depth=32, height=128, width=128)
+        repository, model_note = (
+            tmp / "repo",
+            (
+                "test fixture model (window means, near-zero inference: the campaign measures the "
+                "gateway's bounds, and the fuzz rate is then set by ingest, not by the model)"
+            ),
+        )
+    else:
+        repository, model_note = _model_repository(tmp)
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -552,8 +567,14 @@ def main() -> None:
     parser.add_argument("--fuzz", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--note", default="", help="A sentence for the results (conditions).")
+    parser.add_argument(
+        "--model",
+        choices=("demo", "fixture"),
+        default="demo",
+        help="demo: the shipped model; fixture: a near-zero-cost test model (more fuzz per s)",
+    )
     args = parser.parse_args()
-    result = run(args.budget_s, args.fuzz, args.workers, args.note)
+    result = run(args.budget_s, args.fuzz, args.workers, args.note, args.model)
     path = write_result("abuse", {k: v for k, v in result.items() if k != "rows"}, table(result))
     print(path.read_text())
     print(json.dumps({"files_left": result["files_left"]}))
