@@ -14,6 +14,7 @@ from service.backends.base import InferenceBackend
 from service.errors import BackendUnavailableError, UnauthorizedError
 from service.metrics import GatewayMetrics
 from service.model_card import ModelCard
+from service.pacs.store import StudyStore
 from service.pipeline import TriagePipeline
 from service.settings import Settings
 
@@ -61,6 +62,12 @@ def get_upload_limiter(request: Request) -> UploadLimiter:
     return uploads
 
 
+def get_store(request: Request) -> StudyStore:
+    """The study store; its routes are only mounted when HEADCT_DATA_DIR sets one up."""
+    store: StudyStore = request.app.state.store
+    return store
+
+
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
 _bearer = HTTPBearer(auto_error=False, description="An API key as a bearer token.")
 
@@ -88,4 +95,5 @@ PipelineDep = Annotated[TriagePipeline, Depends(get_pipeline)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 LimiterDep = Annotated[StudyLimiter, Depends(get_limiter)]
 UploadLimiterDep = Annotated[UploadLimiter, Depends(get_upload_limiter)]
+StoreDep = Annotated[StudyStore, Depends(get_store)]
 ApiKeyDep = Depends(require_api_key)

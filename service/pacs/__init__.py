@@ -1,0 +1,3 @@
+"""PACS integration: the durable study store (``store``), what it accepts (``instances``), the
+C-STORE listener (``listener``, ``headct listen``) and the worker that triages stored studies
+(``worker``). STOW-RS and the study queries are routes of the gateway (``service.api.routes``)."""
