@@ -1,6 +1,6 @@
-"""A real ``headct listen`` process: the command line run on a free (or given) port, handed over once
-it answers a C-ECHO, stopped with SIGTERM afterwards (or killed by the test, then restarted on the
-same port and data folder)."""
+"""A real ``headct listen`` process: the command line run on a free (or given) port, handed over
+once it answers a C-ECHO, stopped with SIGTERM afterwards (or killed by the test, then restarted
+on the same port and data folder)."""
 
 from __future__ import annotations
 

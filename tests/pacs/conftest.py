@@ -1,5 +1,5 @@
-"""PACS intake fixtures: a real ONNX model, the environment of a ``headct listen`` or ``headct serve``
-process on a study store, and waiting for a stored study to reach a state."""
+"""PACS intake fixtures: a real ONNX model, the environment of a ``headct listen`` or ``headct
+serve`` process on a study store, and waiting for a stored study to reach a state."""
 
 from __future__ import annotations
 

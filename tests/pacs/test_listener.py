@@ -153,7 +153,7 @@ def test_an_unknown_calling_ae_is_rejected_at_association(
     listener: ListenerProcess, gateway: GatewayProcess, tmp_path: Path
 ) -> None:
     files = write_synthetic_study(tmp_path / "intruder", seed=3, slices=4)
-    with pytest.raises(StoreSCUError, match="(?i)reject"):
+    with pytest.raises(StoreSCUError, match=r"(?i)reject"):
         storescu(files, port=listener.port, called_aet=AE_TITLE, calling_aet="INTRUDER")
     missing = httpx2.get(f"{gateway.url}/v1/studies/{study_uid(files)}", timeout=10)
     assert missing.status_code == 404
