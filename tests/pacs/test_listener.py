@@ -31,7 +31,7 @@ from testing.onnx_fixture import FixtureModel
 from testing.orthanc import StoreSCUError, orthanc_server, storescu
 from testing.studies import Patient, write_synthetic_study
 from tests.conftest import real_dicom_file
-from tests.pacs.conftest import AE_TITLE, QUIET_S, ROOT, pacs_env, wait_for
+from tests.pacs.conftest import AE_TITLE, QUIET_S, ROOT, multipart_related, pacs_env, wait_for
 
 PATIENT = Patient(name="Qvxlz^Listener", patient_id="PID-LSTN-7731", birth_date="19020304")
 LISTEN = [sys.executable, "-m", "service.cli", "listen"]
@@ -196,17 +196,8 @@ def test_c_store_statuses_say_why(
             association.release()
 
 
-def _multipart(parts: list[bytes], boundary: str = "headct-boundary") -> tuple[bytes, str]:
-    body = b"".join(
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
-        for part in parts
-    )
-    body += f"--{boundary}--\r\n".encode()
-    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
-
-
 def _stow(url: str, parts: list[bytes], **kwargs: Any) -> httpx2.Response:
-    body, content_type = _multipart(parts)
+    body, content_type = multipart_related(parts)
     headers = {"Content-Type": kwargs.pop("content_type", content_type)}
     return httpx2.post(url, content=body, headers=headers, timeout=30, **kwargs)
 
