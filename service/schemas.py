@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.findings import FINDINGS, TriagePriority
 from service.model_card import NOT_FOR_CLINICAL_USE
-from service.pacs.store import DeliveryState, StudyState
+from service.pacs.tables import DeliveryState, StudyState
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 

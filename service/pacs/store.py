@@ -32,10 +32,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -45,125 +43,24 @@ from sqlalchemy.engine import Connection, Engine
 
 from service.errors import StoreUnavailableError
 from service.pacs.instances import InstanceRef, valid_uid
+from service.pacs.tables import (
+    ABANDONED_CODE,
+    FINISHED,
+    DeliveryRecord,
+    DeliveryState,
+    StoredInstance,
+    StudyClaim,
+    StudyRecord,
+    StudyState,
+    deliveries,
+    delivery_record,
+    instances,
+    metadata,
+    studies,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class StudyState(StrEnum):
-    RECEIVING = "receiving"
-    PENDING = "pending"
-    TRIAGING = "triaging"
-    TRIAGED = "triaged"
-    FAILED = "failed"
-    DELIVERED = "delivered"
-    DEAD_LETTER = "dead_letter"
-
-
-class DeliveryState(StrEnum):
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    DEAD_LETTER = "dead_letter"
-
-
-FINISHED = (StudyState.TRIAGED, StudyState.FAILED, StudyState.DELIVERED, StudyState.DEAD_LETTER)
-ABANDONED_CODE = "triage_abandoned"
-
-metadata = sa.MetaData()
-UID = sa.String(64)
-
-studies = sa.Table(
-    "studies",
-    metadata,
-    sa.Column("study_uid", UID, primary_key=True),
-    sa.Column("state", sa.String(16), nullable=False, index=True),
-    sa.Column("revision", sa.Integer, nullable=False),  # one more with each new instance
-    sa.Column("claimed_revision", sa.Integer),  # the revision the last claim read
-    sa.Column("resent", sa.Boolean, nullable=False),  # instances came again after it finished
-    sa.Column("received_at", sa.Float, nullable=False),
-    sa.Column("last_instance_at", sa.Float, nullable=False),
-    sa.Column("lease_owner", sa.String(64)),
-    sa.Column("lease_until", sa.Float),
-    sa.Column("attempts", sa.Integer, nullable=False),  # claims since the last finish
-    sa.Column("triage_runs", sa.Integer, nullable=False),  # finished triages, ever
-    sa.Column("finished_at", sa.Float, index=True),
-    sa.Column("model_name", sa.String(64)),
-    sa.Column("model_version", sa.Integer),
-    sa.Column("result", sa.Text),  # the TriageResult's JSON
-    sa.Column("error_code", sa.String(64)),
-    sa.Column("error_message", sa.Text),
-)
-
-instances = sa.Table(
-    "instances",
-    metadata,
-    sa.Column("sop_instance_uid", UID, primary_key=True),
-    sa.Column("study_uid", UID, nullable=False, index=True),
-    sa.Column("series_uid", UID, nullable=False),
-    sa.Column("sop_class_uid", UID, nullable=False),
-    sa.Column("path", sa.String(200), nullable=False),  # relative to the data folder
-    sa.Column("size", sa.Integer, nullable=False),
-    sa.Column("route", sa.String(16), nullable=False),
-    sa.Column("received_at", sa.Float, nullable=False),
-)
-
-deliveries = sa.Table(
-    "deliveries",
-    metadata,
-    sa.Column("study_uid", UID, primary_key=True),
-    sa.Column("destination", sa.String(200), primary_key=True),
-    sa.Column("state", sa.String(16), nullable=False, index=True),
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("last_error", sa.Text),
-    sa.Column("next_attempt_at", sa.Float),
-    sa.Column("lease_owner", sa.String(64)),
-    sa.Column("lease_until", sa.Float),
-    sa.Column("updated_at", sa.Float, nullable=False),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredInstance:
-    path: Path
-    duplicate: bool  # the store already had this SOP instance; nothing changed
-
-
-@dataclass(frozen=True, slots=True)
-class StudyClaim:
-    """A study a worker holds until ``lease_until``: triage it from ``paths``, then finish it."""
-
-    study_uid: str
-    revision: int
-    owner: str
-    paths: list[Path]
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRecord:
-    study_uid: str
-    destination: str
-    state: DeliveryState
-    attempts: int
-    last_error: str | None
-    next_attempt_at: float | None
-    updated_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class StudyRecord:
-    study_uid: str
-    state: StudyState
-    instances: int
-    received_at: float
-    last_instance_at: float
-    finished_at: float | None
-    model_name: str | None
-    model_version: int | None
-    result_json: str | None
-    error_code: str | None
-    error_message: str | None
-    triage_runs: int
-    deliveries: list[DeliveryRecord]
 
 
 def _dialect_insert(engine: Engine) -> Callable[[sa.Table], Any]:
@@ -575,7 +472,7 @@ class StudyStore:
                 ).rowcount
                 if won:
                     record = db.execute(sa.select(deliveries).where(key)).one()
-                    claimed.append(_delivery(record))
+                    claimed.append(delivery_record(record))
         return claimed
 
     def record_delivery_attempt(
@@ -705,7 +602,7 @@ class StudyStore:
                 .where(deliveries.c.study_uid.in_(list(by_study)))
                 .order_by(deliveries.c.destination)
             ):
-                by_study[record.study_uid].append(_delivery(record))
+                by_study[record.study_uid].append(delivery_record(record))
         return [
             StudyRecord(
                 study_uid=row.study_uid,
@@ -724,24 +621,3 @@ class StudyStore:
             )
             for row in rows
         ]
-
-    def instance_paths(self, study_uid: str) -> list[Path]:
-        with self._transaction() as db:
-            paths: Sequence[str] = (
-                db.execute(sa.select(instances.c.path).where(instances.c.study_uid == study_uid))
-                .scalars()
-                .all()
-            )
-        return [self.data_dir / p for p in paths]
-
-
-def _delivery(row: Any) -> DeliveryRecord:
-    return DeliveryRecord(
-        study_uid=row.study_uid,
-        destination=row.destination,
-        state=DeliveryState(row.state),
-        attempts=row.attempts,
-        last_error=row.last_error,
-        next_attempt_at=row.next_attempt_at,
-        updated_at=row.updated_at,
-    )

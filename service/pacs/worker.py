@@ -33,7 +33,8 @@ from service.errors import (
 )
 from service.log_config import log_unexpected
 from service.metrics import StoreMetrics
-from service.pacs.store import StudyClaim, StudyStore
+from service.pacs.store import StudyStore
+from service.pacs.tables import StudyClaim
 from service.pipeline import Deadlines, TriagePipeline
 from service.schemas import TriageResult
 from service.settings import Settings
@@ -105,6 +106,10 @@ class StudyWorker:
         except _TRANSIENT as exc:
             await anyio.to_thread.run_sync(self.store.release_study, claim)
             raise exc from None
+        except anyio.get_cancelled_exc_class():  # shutting down: the next worker takes it at once
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.store.release_study, claim)
+            raise
         except HeadCTError as exc:
             await self._finish(claim, model, error=(exc.code, exc.message))
             return True

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.pacs.store import StudyRecord, StudyStore
+from service.pacs.store import StudyStore
+from service.pacs.tables import StudyRecord
 from testing.onnx_fixture import FixtureModel, write_fixture_repository
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,7 +22,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 
 from service.backends import create_backend
-from service.pacs.store import StudyState, StudyStore
+from service.pacs.store import StudyStore
+from service.pacs.tables import StudyState
 from service.pipeline import TriagePipeline
 from service.settings import Settings
 from testing.gateway_process import GatewayProcess, free_port, gateway_process
@@ -289,3 +290,15 @@ def test_orthanc_pushes_a_study_to_the_listener(
         assert pushed.status_code == 200, pushed.text
     record = wait_for(store, study_uid(files), lambda r: r.state in FINISHED)
     assert (record.state, record.instances) == (StudyState.TRIAGED, 20)
+
+
+def test_listen_needs_a_data_folder(fixture_model: FixtureModel) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    result = CliRunner().invoke(
+        app, ["listen", "--model-repository", str(fixture_model.repository)], env={}
+    )
+    assert result.exit_code == 2
+    assert "HEADCT_DATA_DIR" in result.output

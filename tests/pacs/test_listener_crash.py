@@ -12,7 +12,8 @@ import pydicom
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from service.pacs.store import StudyState, StudyStore
+from service.pacs.store import StudyStore
+from service.pacs.tables import StudyState
 from testing.gateway_process import free_port
 from testing.listener_process import listener_process
 from testing.onnx_fixture import FixtureModel

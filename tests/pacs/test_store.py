@@ -11,13 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from service.pacs.instances import InstanceRef
-from service.pacs.store import (
-    ABANDONED_CODE,
-    DeliveryState,
-    StudyClaim,
-    StudyState,
-    StudyStore,
-)
+from service.pacs.store import StudyStore
+from service.pacs.tables import ABANDONED_CODE, DeliveryState, StudyClaim, StudyState
 from testing.postgres import postgres_server
 
 MODEL = ("headct_molre", 2)

@@ -22,7 +22,6 @@ from testing.studies import write_synthetic_study
 from tests.pacs.conftest import multipart_related
 
 API_KEY = "k-studies"
-MODEL = ("headct_molre", 1)
 
 
 def _settings(fixture_model: FixtureModel, tmp_path: Path, **overrides: Any) -> Settings:
@@ -84,13 +83,14 @@ def test_the_complete_trigger_triages_a_study_at_once(client: TestClient, tmp_pa
 
 
 def _finish_failed(store: StudyStore, study_uid: str) -> None:
-    """A study finished with an error, recorded straight into the store."""
+    """A one-instance study whose bytes are not DICOM, completed: the app's worker fails it."""
     ref = InstanceRef(study_uid, study_uid + ".1", study_uid + ".1.1", "1.2.840.10008.5.1.4.1.1.2")
-    store.add_instance(ref, b"not read", route="stowrs")
+    store.add_instance(ref, b"not DICOM", route="stowrs")
     store.mark_complete(study_uid)
-    claim = store.claim_study("test", model=MODEL, quiet_s=600, lease_s=600, max_attempts=3)
-    assert claim is not None and claim.study_uid == study_uid
-    store.finish_study(claim, model=MODEL, error=("too_few_slices", "One slice."))
+    deadline = time.monotonic() + 30
+    while (record := store.get_study(study_uid)) is None or record.finished_at is None:
+        assert time.monotonic() < deadline, record
+        time.sleep(0.05)
 
 
 def test_the_list_pages_are_stable(client: TestClient) -> None:
@@ -109,9 +109,10 @@ def test_the_list_pages_are_stable(client: TestClient) -> None:
         seen += [s["study_uid"] for s in body["studies"]]
         cursor = body["next_cursor"]
     assert seen == uids, "in the order they finished, each once"
-    assert all(
-        s["error_code"] == "too_few_slices" for s in client.get("/v1/studies").json()["studies"]
-    )
+    listed = client.get("/v1/studies").json()["studies"]
+    assert {(s["state"], s["error_code"], s["priority"]) for s in listed} == {
+        ("failed", "not_dicom", None)
+    }
     end = client.get("/v1/studies", params={"cursor": cursor}).json()
     assert end == {"studies": [], "next_cursor": cursor}, "at the end the cursor stays"
 

@@ -24,7 +24,7 @@ from service.api.routes import versioned_router
 from service.api.routes.triage import PROBLEM_RESPONSES
 from service.errors import InvalidCursorError, StudyNotFoundError
 from service.pacs.instances import UID_PATTERN
-from service.pacs.store import DeliveryRecord, StudyRecord
+from service.pacs.tables import DeliveryRecord, StudyRecord
 from service.schemas import (
     DeliveryStatus,
     ModelRef,
