@@ -82,6 +82,9 @@ class StudyWorker:
             except _TRANSIENT as exc:
                 log.warning("study worker waiting", extra={"code": exc.code})
                 worked = False
+            except Exception as exc:  # a bug must not stop the worker, nor the gateway with it
+                log_unexpected("study worker failed unexpectedly", exc)
+                worked = False
             if not worked:
                 await anyio.sleep(self.settings.worker_poll_s)
 

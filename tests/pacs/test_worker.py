@@ -38,6 +38,7 @@ class Wrapped:
         self.delay_s = delay_s
         self.down = False
         self.is_ready = True
+        self.card_bugs = 0  # this many reads of the card raise an unexpected error
 
     @property
     def kind(self) -> str:
@@ -45,6 +46,9 @@ class Wrapped:
 
     @property
     def card(self) -> Any:
+        if self.card_bugs:
+            self.card_bugs -= 1
+            raise RuntimeError("a bug")
         return self.backend.card
 
     def ready(self) -> bool:
@@ -132,7 +136,7 @@ def test_the_hook_gets_the_result_and_the_stored_files(
     assert len(by_state) == len(StudyState) and sum(float(n) for _, n in by_state) == 1
 
 
-def test_a_failing_hook_does_not_undo_the_triage(
+def test_a_failing_hook_or_a_bug_does_not_stop_the_worker(
     store: StudyStore, backend: Wrapped, settings: Settings, tmp_path: Path
 ) -> None:
     uid = _stored_study(store, tmp_path / "study")
@@ -141,6 +145,7 @@ def test_a_failing_hook_does_not_undo_the_triage(
         raise RuntimeError("the PACS is on fire")
 
     worker = StudyWorker(store, backend, settings, GatewayMetrics().store, on_triaged=broken)
+    backend.card_bugs = 2  # and unexpected errors before it: the worker carries on
     _run_until(worker, lambda: store.get_study(uid).state is StudyState.TRIAGED)  # type: ignore[union-attr]
 
 
