@@ -2,6 +2,9 @@
 
 ``uvicorn --factory service.app:create_app`` or ``headct serve``. The lifespan loads the backend
 (and with it the model card) onto ``app.state``; routes reach it through ``service.api.deps``.
+With ``HEADCT_DATA_DIR`` set it also opens the study store, mounts STOW-RS (``/dicomweb``) and the
+study queries (``/v1/studies``), and runs a study worker (``service.pacs.worker``) beside the
+routes; its stored studies take the same capacity slots as uploads.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from service.api.capacity import StudyLimiter, UploadLimiter
 from service.api.deps import read_card
 from service.api.middleware import RequestContextMiddleware
 from service.api.problems import ERROR_CODES, install_problem_handlers
-from service.api.routes import health, metrics, model, triage, viewer
+from service.api.routes import dicomweb, health, metrics, model, studies, triage, viewer
 from service.backends import create_backend
 from service.errors import BackendTimeoutError, BackendUnavailableError
 from service.log_config import configure_logging, silence_header_warnings
 from service.metrics import GatewayMetrics
 from service.model_card import NOT_FOR_CLINICAL_USE
+from service.pacs.store import StudyStore
+from service.pacs.worker import StudyWorker, TriagedHook
 from service.settings import BackendKind, Settings
 from service.viewer.volumes import RecentVolumes
 
@@ -39,9 +44,15 @@ DESCRIPTION = (
 )
 
 
-def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    configure_logs: bool = True,
+    on_triaged: TriagedHook | None = None,
+) -> FastAPI:
     """The gateway. ``settings`` default to the environment (``HEADCT_*``); a bad value raises
-    a ``ValidationError`` naming the variable."""
+    a ``ValidationError`` naming the variable. ``on_triaged``: called by the study worker after
+    each stored study is triaged (``service.pacs.worker``)."""
     settings = settings or Settings()
     gateway_metrics = GatewayMetrics()
 
@@ -64,11 +75,29 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             if settings.backend is not BackendKind.TRITON:
                 raise
             log.warning("triton not reachable yet; /readyz will say when it is")
+        store = None
         try:
-            yield
+            if settings.store_enabled:
+                store = await anyio.to_thread.run_sync(StudyStore.from_settings, settings)
+                app.state.store = store
+            async with anyio.create_task_group() as tasks:
+                if store is not None:
+                    worker = StudyWorker(
+                        store,
+                        backend,
+                        settings,
+                        gateway_metrics.store,
+                        on_triaged=on_triaged,
+                        slot=app.state.limiter.slot,
+                    )
+                    tasks.start_soon(worker.run)
+                yield
+                tasks.cancel_scope.cancel()
         finally:
             app.state.backend = None
             backend.close()
+            if store is not None:
+                store.close()
 
     # /docs (Swagger UI) and /redoc load their scripts, styles and icon from the package, not from
     # a CDN: hospital networks often have no internet, and a CDN would see who reads the docs.
@@ -88,5 +117,8 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     for module in (triage, model, viewer, health, metrics):
         app.include_router(module.router)
     viewer.mount_viewer(app)
+    if settings.store_enabled:
+        app.include_router(studies.router)
+        app.include_router(dicomweb.router)
     app.add_middleware(RequestContextMiddleware, metrics=gateway_metrics)
     return app

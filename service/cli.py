@@ -1,8 +1,8 @@
-"""The ``headct`` command line. The serving commands (``inspect``, ``serve``, ``triage``) live here;
-``main``, the console script, adds the training commands (``training.cli``) when the training
-package is importable, so a gateway-only install (the gateway image has no ``training/``) still
-has a complete ``headct``. Heavy imports (onnxruntime, uvicorn, httpx2) happen inside the commands
-that need them."""
+"""The ``headct`` command line. The serving commands (``inspect``, ``serve``, ``listen``,
+``triage``) live here; ``main``, the console script, adds the training commands (``training.cli``)
+when the training package is importable, so a gateway-only install (the gateway image has no
+``training/``) still has a complete ``headct``. Heavy imports (onnxruntime, uvicorn, httpx2,
+pynetdicom) happen inside the commands that need them."""
 
 from __future__ import annotations
 
@@ -180,6 +180,62 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+
+
+@app.command()
+def listen(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="DICOM port; default HEADCT_LISTEN_PORT (11112)."),
+    ] = None,
+    ae_title: Annotated[
+        str | None, typer.Option(help="Our AE title; default HEADCT_LISTEN_AE_TITLE (HEADCT).")
+    ] = None,
+    calling_ae: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A calling AE title to accept (repeat for several); default "
+            "HEADCT_LISTEN_CALLING_AES; none: any."
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="The study store's folder; default HEADCT_DATA_DIR.")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="onnx (embedded) or triton; default HEADCT_BACKEND.")
+    ] = None,
+    model_repository: Annotated[
+        Path | None, typer.Option(help="Model repository; default HEADCT_MODEL_REPOSITORY.")
+    ] = None,
+    triton_url: Annotated[
+        str | None, typer.Option(help="Triton host:port; default HEADCT_TRITON_URL.")
+    ] = None,
+) -> None:
+    """Receive studies by DICOM C-STORE into the study store and triage each once it is complete
+    (no instance for HEADCT_STUDY_QUIET_S). Other settings come from HEADCT_* variables."""
+    settings = _settings(
+        listen_port=port,
+        listen_ae_title=ae_title,
+        listen_calling_aes=tuple(calling_ae) if calling_ae else None,
+        data_dir=data_dir,
+        backend=backend,
+        model_repository=model_repository,
+        triton_url=triton_url,
+    )
+    if settings.data_dir is None:
+        sys.stderr.write(
+            "headct listen stores what it receives: set HEADCT_DATA_DIR or --data-dir\n"
+        )
+        raise typer.Exit(code=2)
+    from service.errors import HeadCTError
+    from service.pacs.listener import run_listener
+
+    try:
+        run_listener(settings, host=host)
+    except HeadCTError as exc:
+        sys.stderr.write(f"cannot start the listener: {exc.message}\n")
+        raise typer.Exit(code=1) from None
 
 
 @app.command()

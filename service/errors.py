@@ -216,6 +216,58 @@ class UnknownWindowError(HeadCTError):
     title = "Unknown display window"
 
 
+# ---- the study store (PACS): instances refused one by one, studies looked up ----
+
+
+class InstanceRefusedError(HeadCTError):
+    """One instance the study store does not take (STOW-RS lists it in its FailedSOPSequence; the
+    C-STORE listener answers it with a failure status); the others of a request are unaffected."""
+
+    code = "instance_refused"
+    status = 409
+    title = "Instance refused"
+    note = "per instance"
+
+
+class UnsupportedSOPClassError(InstanceRefusedError):
+    code = "unsupported_sop_class"
+
+
+class InstanceTransferSyntaxError(InstanceRefusedError):
+    code = "unsupported_instance_transfer_syntax"
+
+
+class InvalidInstanceError(InstanceRefusedError):
+    """Not a DICOM file, or one without valid study, series or SOP instance UIDs."""
+
+    code = "invalid_instance"
+
+
+class StudyUIDMismatchError(InstanceRefusedError):
+    code = "study_uid_mismatch"
+
+
+class StoreUnavailableError(HeadCTError):
+    """The study store's database or disk failed; nothing was accepted."""
+
+    code = "store_unavailable"
+    status = 503
+    title = "Study store unavailable"
+    retry_after = True
+
+
+class StudyNotFoundError(HeadCTError):
+    code = "study_not_found"
+    status = 404
+    title = "Study not found"
+
+
+class InvalidCursorError(HeadCTError):
+    code = "invalid_cursor"
+    status = 400
+    title = "Invalid cursor"
+
+
 # ---- the model and its backend: server-side, never the client's fault ----
 
 

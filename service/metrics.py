@@ -1,7 +1,7 @@
 """Prometheus metrics of the gateway, on a registry of its own per app (tests stay isolated).
 
 Labels are bounded sets only: routes are templates, findings are the card's 75 codes, experts are
-indices. No study, series or instance UID is ever a label.
+indices, outcomes are error codes. No study, series or instance UID is ever a label.
 """
 
 from __future__ import annotations
@@ -26,12 +26,39 @@ _SLICE_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
 _WEIGHT_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 
+class StoreMetrics:
+    """The study store's metrics (PACS intake and the study worker), on the registry of the
+    process that runs them: the gateway's, or ``headct listen``'s own."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.instances = Counter(
+            "headct_instances_received_total",
+            "DICOM instances received for the study store, by route (dimse, stowrs) and outcome "
+            "(stored, duplicate, or the refusal's error code).",
+            ["route", "outcome"],
+            registry=registry,
+        )
+        self.studies = Counter(
+            "headct_studies_triaged_total",
+            "Stored studies the worker triaged, by outcome (triaged, or the error code).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.store_studies = Gauge(
+            "headct_store_studies",
+            "Studies in the store by state; receiving + pending is the triage queue.",
+            ["state"],
+            registry=registry,
+        )
+
+
 class GatewayMetrics:
     """Every metric the gateway exports, registered on ``self.registry``."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.store = StoreMetrics(r)
         self.requests = Counter(
             "headct_requests_total",
             "HTTP requests by route and status.",

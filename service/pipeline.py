@@ -50,6 +50,7 @@ from service.log_config import log_unexpected
 from service.model_card import ModelCard
 from service.postprocess import build_result
 from service.schemas import TriageResult
+from service.settings import Settings
 from service.viewer.volumes import RecentVolumes
 
 
@@ -59,6 +60,10 @@ class Deadlines:
 
     ingest_s: float | None = None
     inference_s: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Deadlines:
+        return cls(ingest_s=settings.ingest_timeout_s, inference_s=settings.inference_timeout_s)
 
 
 @dataclass

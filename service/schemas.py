@@ -3,12 +3,14 @@ models, so the OpenAPI schema documents exactly what is sent."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.findings import FINDINGS, TriagePriority
 from service.model_card import NOT_FOR_CLINICAL_USE
+from service.pacs.tables import DeliveryState, StudyState
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -184,3 +186,53 @@ class Readiness(BaseModel):
     backend: str
     model: ModelRef | None = None
     detail: str | None = None
+
+
+class DeliveryStatus(BaseModel):
+    """One destination's delivery of a study's results (SR, key image) to the PACS."""
+
+    destination: str
+    state: DeliveryState
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime | None = Field(description="When it is tried again (pending).")
+    updated_at: datetime
+
+
+class StudyError(BaseModel):
+    code: str = Field(description="The error's stable code, as in the problem table.")
+    message: str
+
+
+class StudyStatus(BaseModel):
+    """A study in the store (received by C-STORE or STOW-RS): its state, result and deliveries."""
+
+    study_uid: str
+    state: StudyState
+    instances: int = Field(description="Instances stored (each SOP Instance UID once).")
+    received_at: datetime
+    last_instance_at: datetime
+    finished_at: datetime | None = Field(description="When its last triage ended.")
+    model: ModelRef | None = Field(description="The model that produced the result or error.")
+    result: TriageResult | None
+    error: StudyError | None
+    triage_runs: int = Field(description="Triages run on it (new instances, a new model).")
+    deliveries: list[DeliveryStatus]
+
+
+class StudySummary(BaseModel):
+    study_uid: str
+    state: StudyState
+    finished_at: datetime
+    model: ModelRef | None
+    priority: TriagePriority | None = Field(description="None when the triage failed.")
+    findings: list[str] = Field(description="The positive findings behind the priority.")
+    error_code: str | None
+
+
+class StudyPage(BaseModel):
+    """Finished studies in the order they finished; pass ``next_cursor`` back for the next page
+    (null: none yet; new results appear after the last one)."""
+
+    studies: list[StudySummary]
+    next_cursor: str | None

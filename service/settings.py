@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.pacs.destination import (
@@ -120,6 +120,51 @@ class Settings(BaseSettings):
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated keys accepted on /v1/*; empty: no authentication."
     )
+    data_dir: Path | None = Field(
+        None,
+        description="Folder of the study store (received instances, and its SQLite database "
+        "unless store_url names another). Set: the gateway accepts STOW-RS on /dicomweb, answers "
+        "/v1/studies and triages stored studies; headct listen needs it. Made if missing.",
+    )
+    store_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the study store's database; unset: "
+        "sqlite:///<data_dir>/store.sqlite3. Several replicas share one PostgreSQL "
+        "(postgresql+psycopg://user:password@host/db) and one data_dir volume.",
+    )
+    study_quiet_s: float = Field(
+        10.0,
+        gt=0,
+        description="A study is complete (and triaged) once no instance of it has arrived for "
+        "this long; POST /v1/studies/{uid}/complete says so at once.",
+    )
+    study_lease_s: float = Field(
+        120.0,
+        gt=0,
+        description="How long a worker holds a study it triages; a worker that dies leaves it "
+        "to another after this. Longer than ingest_timeout_s + inference_timeout_s.",
+    )
+    study_attempts: int = Field(
+        3, ge=1, description="Triage attempts per study whose worker died before it is failed."
+    )
+    worker_poll_s: float = Field(
+        1.0, gt=0, description="How often an idle worker looks for complete studies."
+    )
+    listen_ae_title: str = Field(
+        "HEADCT", description="headct listen's AE title (1 to 16 characters, no backslash)."
+    )
+    listen_port: int = Field(11112, ge=1, le=65535, description="headct listen's DICOM port.")
+    listen_calling_aes: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated calling AE titles headct listen accepts (others are "
+        "rejected at association); empty: any.",
+    )
+    listen_metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port of headct listen's Prometheus /metrics; unset: none.",
+    )
     log_level: LogLevel = LogLevel.INFO
     log_json: bool = Field(True, description="JSON lines on stderr; false: plain text.")
 
@@ -149,7 +194,7 @@ class Settings(BaseSettings):
     pacs_retry_cap_s: float = Field(600.0, gt=0, description="Longest wait between attempts.")
     # ---- end of PACS delivery ----
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "listen_calling_aes", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -166,10 +211,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"HEADCT_PACS_DESTINATIONS: {exc}") from None
         return value
 
-    @field_validator("pacs_calling_aet")
+    @field_validator("pacs_calling_aet", "listen_ae_title", "listen_calling_aes")
     @classmethod
-    def _check_calling_aet(cls, value: str) -> str:
-        return check_ae_title(value, "HEADCT_PACS_CALLING_AET")
+    def _check_ae_titles(cls, value: str | tuple[str, ...], info: ValidationInfo) -> object:
+        what = f"HEADCT_{info.field_name.upper()}" if info.field_name else "AE title"
+        for title in (value,) if isinstance(value, str) else value:
+            check_ae_title(title, what)
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -207,7 +255,31 @@ class Settings(BaseSettings):
             )
         if self.upload_dir is not None and not self.upload_dir.is_dir():
             raise ValueError(f"HEADCT_UPLOAD_DIR {str(self.upload_dir)!r} is not a folder")
+        if self.data_dir is not None and self.data_dir.exists() and not self.data_dir.is_dir():
+            raise ValueError(f"HEADCT_DATA_DIR {str(self.data_dir)!r} is not a folder")
+        if self.store_url is not None and self.data_dir is None:
+            raise ValueError(
+                "HEADCT_STORE_URL is set without HEADCT_DATA_DIR: the store keeps its instance "
+                "files in the data folder; set HEADCT_DATA_DIR too"
+            )
+        if self.study_lease_s <= self.ingest_timeout_s + self.inference_timeout_s:
+            raise ValueError(
+                f"HEADCT_STUDY_LEASE_S ({self.study_lease_s:g}) must be longer than "
+                "HEADCT_INGEST_TIMEOUT_S + HEADCT_INFERENCE_TIMEOUT_S "
+                f"({self.ingest_timeout_s + self.inference_timeout_s:g}), or a study still being "
+                "triaged could be taken by a second worker"
+            )
         return self
+
+    @property
+    def store_enabled(self) -> bool:
+        """The study store (STOW-RS, /v1/studies, the worker) is on."""
+        return self.data_dir is not None
+
+    def database_url(self) -> str:
+        """The study store's database: ``store_url``, or SQLite in the data folder."""
+        assert self.data_dir is not None, "the study store needs HEADCT_DATA_DIR"
+        return self.store_url or f"sqlite:///{self.data_dir.resolve() / 'store.sqlite3'}"
 
     def model_folder(self) -> Path:
         return self.model_repository / self.model_name

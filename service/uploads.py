@@ -1,6 +1,7 @@
 """Receiving a study upload: streamed to disk under limits, zips checked before anything reads them.
 
-A request body (multipart ``files`` parts, or one raw zip or DICOM file) is written part by part,
+A request body (multipart ``files`` parts, or one raw zip or DICOM file; for STOW-RS, the
+``application/dicom`` parts of a ``multipart/related`` body) is written part by part,
 counting bytes and files as it arrives, so an oversized one is refused as soon as it crosses a
 limit. Parts stay in memory while the request's total is under a small budget (a typical study is
 a few MB, and creating dozens of files costs more than the gateway's whole HTTP overhead); past
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 MULTIPART = "multipart/form-data"
+RELATED = "multipart/related"  # STOW-RS: one application/dicom part per instance
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed")
 DICOM_TYPE = "application/dicom"
 ACCEPTED_TYPES = (MULTIPART, *ZIP_TYPES, DICOM_TYPE)
@@ -152,6 +154,7 @@ def media_type(content_type: str | None) -> str:
 
 
 def check_media_type(content_type: str | None) -> str:
+    """The body's media type if ``POST /v1/triage`` takes it."""
     kind = media_type(content_type)
     if kind not in ACCEPTED_TYPES:
         raise UnsupportedMediaTypeError(
@@ -300,10 +303,12 @@ class _Spool:
 
 
 class _MultipartReader:
-    """Feeds python-multipart, sending ``files`` parts to the spool and refusing other fields."""
+    """Feeds python-multipart, sending ``files`` parts to the spool and refusing other fields; or
+    (``related``) every part, each ``application/dicom`` (or untyped)."""
 
-    def __init__(self, boundary: bytes, spool: _Spool) -> None:
+    def __init__(self, boundary: bytes, spool: _Spool, *, related: bool = False) -> None:
         self.spool = spool
+        self.related = related
         self.ended = False
         self._headers: dict[str, str] = {}
         self._field = b""
@@ -336,6 +341,15 @@ class _MultipartReader:
         self._field = self._value = b""
 
     def _headers_finished(self) -> None:
+        if self.related:
+            kind = media_type(self._headers.get("content-type"))
+            if kind not in ("", DICOM_TYPE):
+                raise MalformedUploadError(
+                    f"A part of type {kind!r}: this request carries {DICOM_TYPE} parts only."
+                )
+            self.spool.begin(f"part {len(self.spool.upload.files) + 1}")
+            self._in_file = True
+            return
         _, options = parse_options_header(self._headers.get("content-disposition"))
         name = options.get(b"name", b"").decode("utf-8", "replace")
         filename = options.get(b"filename")
@@ -398,14 +412,18 @@ async def receive_upload(
 ) -> Upload:
     """Spool a request body (to memory up to ``memory_bytes`` in all, then to a temporary folder
     under ``spool_dir``), paced by the limits' deadline and rate, and check any zips in it. On
-    any error the folder is removed before the error propagates."""
-    kind = check_media_type(content_type)
+    any error the folder is removed before the error propagates. A ``multipart/related`` body
+    (STOW-RS, whose route checks its media type) is read part by part; any other must be one
+    ``check_media_type`` accepts."""
+    kind = media_type(content_type)
+    if kind != RELATED:
+        check_media_type(content_type)
     chunks = paced(chunks, limits)
     upload = Upload(spool_dir)
     spool = _Spool(upload, limits, memory_bytes)
     try:
-        if kind == MULTIPART:
-            await _receive_multipart(content_type or "", chunks, spool)
+        if kind in (MULTIPART, RELATED):
+            await _receive_multipart(content_type or "", chunks, spool, related=kind == RELATED)
         else:
             spool.begin("upload.zip" if kind in ZIP_TYPES else "upload.dcm", lone=True)
             async for chunk in chunks:
@@ -413,7 +431,8 @@ async def receive_upload(
                 spool.write(chunk)
             spool.end()
         if not upload.files or all(f.size == 0 for f in upload.files):
-            raise EmptyUploadError(f"The upload holds no files; send the study as '{FILES_FIELD}'.")
+            hint = "application/dicom parts" if kind == RELATED else f"'{FILES_FIELD}'"
+            raise EmptyUploadError(f"The upload holds no files; send the study as {hint}.")
         check_zips(upload, limits)
     except BaseException:
         spool.abort()
@@ -423,14 +442,14 @@ async def receive_upload(
 
 
 async def _receive_multipart(
-    content_type: str, chunks: AsyncIterator[bytes], spool: _Spool
+    content_type: str, chunks: AsyncIterator[bytes], spool: _Spool, *, related: bool
 ) -> None:
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
-        raise MalformedUploadError("multipart/form-data without a boundary parameter.")
+        raise MalformedUploadError(f"{media_type(content_type)} without a boundary parameter.")
     try:
-        reader = _MultipartReader(boundary, spool)
+        reader = _MultipartReader(boundary, spool, related=related)
         async for chunk in chunks:
             spool.add_bytes(len(chunk))
             reader.parser.write(chunk)

@@ -14,6 +14,7 @@ from service.backends.base import InferenceBackend
 from service.errors import BackendUnavailableError, UnauthorizedError
 from service.metrics import GatewayMetrics
 from service.model_card import ModelCard
+from service.pacs.store import StudyStore
 from service.pipeline import TriagePipeline
 from service.settings import Settings
 from service.viewer.volumes import RecentVolumes
@@ -68,6 +69,12 @@ def get_upload_limiter(request: Request) -> UploadLimiter:
     return uploads
 
 
+def get_store(request: Request) -> StudyStore:
+    """The study store; its routes are only mounted when HEADCT_DATA_DIR sets one up."""
+    store: StudyStore = request.app.state.store
+    return store
+
+
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
 _bearer = HTTPBearer(auto_error=False, description="An API key as a bearer token.")
 
@@ -96,4 +103,5 @@ MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 LimiterDep = Annotated[StudyLimiter, Depends(get_limiter)]
 VolumesDep = Annotated[RecentVolumes, Depends(get_volumes)]
 UploadLimiterDep = Annotated[UploadLimiter, Depends(get_upload_limiter)]
+StoreDep = Annotated[StudyStore, Depends(get_store)]
 ApiKeyDep = Depends(require_api_key)

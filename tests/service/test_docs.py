@@ -17,8 +17,9 @@ API_KEY = "k-docs"
 
 
 @pytest.fixture
-def keyed(make_client: Callable[..., TestClient]) -> TestClient:
-    return make_client(api_keys=(API_KEY,))
+def keyed(make_client: Callable[..., TestClient], tmp_path: Path) -> TestClient:
+    """With a study store, so its routes (STOW-RS, /v1/studies) are mounted too."""
+    return make_client(api_keys=(API_KEY,), data_dir=tmp_path / "data")
 
 
 @pytest.mark.parametrize(
@@ -49,19 +50,20 @@ def test_swagger_ui_reads_the_openapi_version_the_gateway_writes(client: TestCli
     assert version.startswith("3.1") and "isOAS31" in bundle
 
 
-def _endpoint_table() -> dict[str, bool]:
-    """Path -> needs an API key, from the README's table of endpoints (`METHOD /path` cells)."""
-    needs_key: dict[str, bool] = {}
+def _endpoint_table() -> dict[str, tuple[str, bool]]:
+    """Path -> (method, needs an API key), from the README's table of endpoints (`METHOD /path`
+    cells)."""
+    needs_key: dict[str, tuple[str, bool]] = {}
     rows = [line for line in README.read_text().splitlines() if line.startswith("| `")]
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         if cells[-1] not in ("yes", "no"):
             continue
-        for path in re.findall(r"`(?:GET|POST) (/[^`]*)`", cells[0]):
-            needs_key[path] = cells[-1] == "yes"
+        for method, path in re.findall(r"`(GET|POST) (/[^`]*)`", cells[0]):
+            needs_key[path] = (method, cells[-1] == "yes")
         # folders a row's description names (assets) belong to it too
         for path in re.findall(r"`(/[^`]*/)`", cells[1]):
-            needs_key[path] = cells[-1] == "yes"
+            needs_key[path] = ("GET", cells[-1] == "yes")
     return needs_key
 
 
@@ -69,8 +71,7 @@ def test_readme_says_which_endpoints_need_a_key(keyed: TestClient) -> None:
     table = _endpoint_table()
     assert {"/v1/triage", "/healthz", "/docs"} <= set(table), table
     assets = re.findall(r'(?:src|href)="([^"]+)"', keyed.get("/docs").text)
-    for path, needs_key in table.items():
-        method = "POST" if path == "/v1/triage" else "GET"
+    for path, (method, needs_key) in table.items():
         # a folder: the docs' assets in it
         urls = [a for a in assets if a.startswith(path)] if path.endswith("/") else [path]
         assert urls, path

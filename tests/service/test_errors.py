@@ -298,11 +298,13 @@ DOCUMENTED_TABLE = """\
 | status | code |
 |---|---|
 | 400 | not_dicom, truncated_dicom, corrupt_dicom, empty_study, unsupported_transfer_syntax, \
-malformed_upload, empty_upload, unsafe_zip_entry, invalid_request, malformed_http |
+malformed_upload, empty_upload, unsafe_zip_entry, invalid_cursor, invalid_request, malformed_http |
 | 401 | unauthorized (only when HEADCT_API_KEYS is set) |
-| 404 | study_images_not_found, unknown_window |
+| 404 | study_images_not_found, unknown_window, study_not_found |
 | 404, 405 | not_found, method_not_allowed |
 | 408 | upload_timeout |
+| 409 | unsupported_sop_class (per instance), unsupported_instance_transfer_syntax (per instance), \
+invalid_instance (per instance), study_uid_mismatch (per instance) |
 | 413 | upload_too_large, too_many_files, zip_too_large, zip_ratio_exceeded |
 | 415 | unsupported_media_type (the request's Content-Type) |
 | 422 | no_pixel_data, not_ct, no_axial_series, too_few_slices, inconsistent_geometry, \
@@ -310,7 +312,8 @@ ingest_timeout |
 | 429 | over_capacity (with Retry-After), too_many_uploads (with Retry-After) |
 | 499 | client_disconnected (logged only: no one is left to answer) |
 | 500 | model_contract, internal_error |
-| 503 | backend_unavailable (with Retry-After), shutting_down |
+| 503 | store_unavailable (with Retry-After), backend_unavailable (with Retry-After), \
+shutting_down |
 | 504 | backend_timeout |
 """
 

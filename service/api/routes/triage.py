@@ -92,11 +92,8 @@ def upload_limits(settings: Settings) -> UploadLimits:
     )
 
 
-def deadlines(settings: Settings) -> Deadlines:
-    return Deadlines(ingest_s=settings.ingest_timeout_s, inference_s=settings.inference_timeout_s)
-
-
-async def _chunks(request: Request) -> AsyncIterator[bytes]:
+async def body_chunks(request: Request) -> AsyncIterator[bytes]:
+    """The request's body as it arrives; a client gone is ``ClientDisconnectedError``."""
     try:
         async for chunk in request.stream():
             if chunk:
@@ -159,7 +156,7 @@ async def triage(
     async with uploads.receiving_from(client):
         upload = await receive_upload(
             request.headers.get("content-type"),
-            _chunks(request),
+            body_chunks(request),
             limits,
             spool_dir=settings.upload_dir,
             memory_bytes=settings.spool_memory_bytes,
@@ -174,7 +171,7 @@ async def triage(
                         upload.sources(),
                         started=started,
                         slot=limiter.slot(),
-                        deadlines=deadlines(settings),
+                        deadlines=Deadlines.from_settings(settings),
                     ),
                 )
                 metrics.observe_result(result)
