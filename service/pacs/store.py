@@ -480,20 +480,28 @@ class StudyStore:
         study_uid: str,
         destination: str,
         *,
+        owner: str,
         error: str | None = None,
         retry_at: float | None = None,
-    ) -> DeliveryState:
-        """One attempt's outcome: ``error`` None: delivered; an error with ``retry_at``: pending
-        again from then; an error without: dead letter (the retry policy gave up). The study's
-        state follows its deliveries: delivered when all are, dead_letter when any is."""
+    ) -> DeliveryState | None:
+        """One attempt's outcome, by the ``owner`` that claimed it: ``error`` None: delivered; an
+        error with ``retry_at``: pending again from then; an error without: dead letter (the retry
+        policy gave up). The study's state follows its deliveries: delivered when all are,
+        dead_letter when any is. None, and nothing recorded, when the claim is no longer the
+        owner's: its lease ran out and another worker claimed the delivery, or a newer result
+        was scheduled meanwhile (this attempt sent the older one)."""
         if error is None:
             state = DeliveryState.DELIVERED
         else:
             state = DeliveryState.PENDING if retry_at is not None else DeliveryState.DEAD_LETTER
         with self._transaction() as db:
-            db.execute(
+            recorded = db.execute(
                 deliveries.update()
-                .where(deliveries.c.study_uid == study_uid, deliveries.c.destination == destination)
+                .where(
+                    deliveries.c.study_uid == study_uid,
+                    deliveries.c.destination == destination,
+                    deliveries.c.lease_owner == owner,
+                )
                 .values(
                     state=state,
                     attempts=deliveries.c.attempts + 1,
@@ -503,7 +511,10 @@ class StudyStore:
                     lease_until=None,
                     updated_at=self.clock(),
                 )
-            )
+            ).rowcount
+            if not recorded:
+                log.warning("delivery lease lost; attempt not recorded", extra={"owner": owner})
+                return None
             self._roll_up(db, study_uid)
         return state
 
