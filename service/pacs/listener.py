@@ -94,8 +94,6 @@ def run_listener(settings: Settings, *, host: str) -> None:
     SIGINT. Blocks."""
     assert settings.data_dir is not None, "headct listen needs HEADCT_DATA_DIR"
     configure_logging(settings.log_level.value, settings.log_json)
-    # pynetdicom logs each association and, at DEBUG, the data sets (patient names): ours only.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     registry = CollectorRegistry(auto_describe=True)
     metrics = StoreMetrics(registry)
     backend = create_backend(settings)
