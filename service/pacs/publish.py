@@ -9,12 +9,13 @@ routes: the study worker, and with destinations a ``Publisher``:
   (``service.pacs.outputs``), writes them durably under ``<data dir>/outputs/<study uid>/``
   (replacing an earlier result's) and schedules one delivery per destination in the store. Outputs
   that cannot be built dead-letter the study's deliveries with the reason.
-- ``Publisher.run``: ``DELIVERY_LOOPS`` loops, each claiming one due delivery at a time from the
-  store (a lease, so several processes share the work), reading the outputs back from disk and
-  making one attempt (``service.pacs.delivery.attempt_delivery``): delivered, retried later with
-  backoff, or dead-lettered; the outcome is recorded in the store, whose study state follows
-  (delivered, dead_letter). Pending deliveries survive a restart: they are rows and files, and the
-  next process to start claims them, without rebuilding anything.
+- ``Publisher.run``: ``DELIVERY_LOOPS`` loops, each claiming from the store one due delivery at a
+  time, to a destination it is configured with (a lease, so several processes share the work; a
+  delivery to a destination no process is configured with any more waits, pending), reading the
+  outputs back from disk and making one attempt (``service.pacs.delivery.attempt_delivery``):
+  delivered, retried later with backoff, or dead-lettered; the outcome is recorded in the store,
+  whose study state follows (delivered, dead_letter). Pending deliveries survive a restart: they
+  are rows and files, and the next process to start claims them, without rebuilding anything.
 
 A process killed between a study's triage and the end of its hook (the seconds the SR takes)
 leaves the study triaged with no delivery scheduled: nothing is sent for it until it is triaged
@@ -163,19 +164,16 @@ class Publisher:
 
     def deliver_next(self, owner: str) -> bool:
         """Claim one due delivery for ``owner`` and make one attempt; False when none was due."""
-        claimed = self.store.claim_due_deliveries(owner, lease_s=self.lease_s, limit=1)
+        claimed = self.store.claim_due_deliveries(
+            owner, lease_s=self.lease_s, destinations=self.destinations, limit=1
+        )
         if not claimed:
             return False
         self._attempt(claimed[0], owner)
         return True
 
     def _attempt(self, record: DeliveryRecord, owner: str) -> None:
-        destination = self.destinations.get(record.destination)
-        if destination is None:  # scheduled by a process configured otherwise
-            self.store.mark_dead_letter(
-                record.study_uid, record.destination, "the destination is not configured here"
-            )
-            return
+        destination = self.destinations[record.destination]
         paths = sorted(self.outputs_folder(record.study_uid).glob("*.dcm"))
         if not paths:
             self.store.mark_dead_letter(

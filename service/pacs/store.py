@@ -32,7 +32,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -441,17 +441,25 @@ class StudyStore:
             self._roll_up(db, study_uid)
 
     def claim_due_deliveries(
-        self, owner: str, *, lease_s: float, limit: int = 16
+        self,
+        owner: str,
+        *,
+        lease_s: float,
+        destinations: Collection[str] | None = None,
+        limit: int = 16,
     ) -> list[DeliveryRecord]:
         """Pending deliveries whose next attempt is due, leased to ``owner`` for ``lease_s`` (no
         other worker gets them until then); record each attempt with ``record_delivery_attempt``.
-        """
+        ``destinations``: only deliveries to these (the ones the caller can reach; others wait
+        for a process configured with them); None: any."""
         now = self.clock()
         due = sa.and_(
             deliveries.c.state == DeliveryState.PENDING,
             deliveries.c.next_attempt_at <= now,
             sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
         )
+        if destinations is not None:
+            due = sa.and_(due, deliveries.c.destination.in_(list(destinations)))
         claimed: list[DeliveryRecord] = []
         with self._transaction() as db:
             rows = db.execute(

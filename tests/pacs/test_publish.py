@@ -1,8 +1,9 @@
 """The publisher in process, on a real store and a study the demo model triaged: after a triage it
 keeps the SR and key image on disk and schedules a delivery per destination; a newer result
 replaces the older one's files; deliveries to a destination that stays down are retried and then
-dead-lettered, counted; outputs that cannot be built, and a destination no longer configured,
-dead-letter with a reason instead of stopping anything.
+dead-lettered, counted; outputs that cannot be built dead-letter with a reason instead of
+stopping anything; a delivery to a destination a process is not configured with is left to one
+that is.
 
 The deliveries that succeed, against a real Orthanc and through real processes, are in
 ``tests/pacs/test_end_to_end.py``."""
@@ -167,19 +168,22 @@ def test_outputs_that_cannot_be_built_dead_letter_with_the_reason(
     assert not publisher.deliver_next("w1")
 
 
-def test_a_delivery_to_a_destination_not_configured_here_is_dead_lettered(
+def test_a_delivery_to_a_destination_not_configured_here_waits_for_a_process_that_is(
     tmp_path: Path,
     store: StudyStore,
     backend: InferenceBackend,
     triaged: TriagedStudy,
 ) -> None:
+    """A process configured with other destinations (a rolling update, a replica configured
+    otherwise) leaves those deliveries to the processes that can make them."""
     claim = _triaged_in_store(store, triaged)
     uid = triaged.result.study_uid
     old = Publisher(store, backend, _settings(tmp_path, NOWHERE), GatewayMetrics().store)
     old.on_triaged(uid, triaged.result, claim.paths)
     moved = f"dimse:NEWPACS@127.0.0.1:{free_port()}"
     new = Publisher(store, backend, _settings(tmp_path, moved), GatewayMetrics().store)
-    assert new.deliver_next("w1") and new.deliver_next("w1")
+    assert not new.deliver_next("w1")
+    assert set(_deliveries(store, uid).values()) == {DeliveryState.PENDING}
+    assert old.deliver_next("w2") and old.deliver_next("w2")
     record = store.get_study(uid)
-    assert record is not None and record.state is StudyState.DEAD_LETTER
-    assert {d.last_error for d in record.deliveries} == {"the destination is not configured here"}
+    assert record is not None and {d.attempts for d in record.deliveries} == {1}
