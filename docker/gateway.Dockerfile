@@ -19,8 +19,10 @@ COPY service/ service/
 # The serving package and its core dependencies only: no `training/` (the `headct` command lives
 # in service.cli and lists the training commands only where the training package is installed)
 # and never the `train` extra (torch). tests/deploy/test_wheel.py builds and serves exactly this.
+# The `postgres` extra (psycopg, about 13 MB) lets replicas share a study store on PostgreSQL
+# (HEADCT_STORE_URL; k8s/components/pacs).
 RUN /opt/venv/bin/pip install --upgrade pip \
-    && /opt/venv/bin/pip install . \
+    && /opt/venv/bin/pip install ".[postgres]" \
     && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
 # The images copy only /opt/venv from here: leave out what the gateway never runs (the installers,
 # the packages' own test suites, onnxruntime's model conversion and quantization tools).
