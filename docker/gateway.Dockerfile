@@ -19,8 +19,10 @@ COPY service/ service/
 # The serving package and its core dependencies only: no `training/` (the `headct` command lives
 # in service.cli and lists the training commands only where the training package is installed)
 # and never the `train` extra (torch). tests/deploy/test_wheel.py builds and serves exactly this.
+# The `postgres` extra (psycopg, about 13 MB) lets replicas share a study store on PostgreSQL
+# (HEADCT_STORE_URL; k8s/components/pacs).
 RUN /opt/venv/bin/pip install --upgrade pip \
-    && /opt/venv/bin/pip install . \
+    && /opt/venv/bin/pip install ".[postgres]" \
     && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
 # The images copy only /opt/venv from here: leave out what the gateway never runs (the installers,
 # the packages' own test suites, onnxruntime's model conversion and quantization tools).
@@ -33,9 +35,12 @@ FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="headct-triage gateway" \
       org.opencontainers.image.description="Head CT triage gateway (MoLRE). The bundled demo model is trained on synthetic phantoms: not for clinical use." \
       org.opencontainers.image.licenses="Apache-2.0"
+# /var/lib/headct: where compose and Kubernetes mount the study store (HEADCT_DATA_DIR). It
+# exists, owned by the user, so a new named volume mounted there is writable by it.
 RUN groupadd --system --gid 10001 headct \
     && useradd --system --uid 10001 --gid headct --no-create-home --home-dir /nonexistent \
-       --shell /usr/sbin/nologin headct
+       --shell /usr/sbin/nologin headct \
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/headct
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -45,7 +50,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /opt/headct
 # Numeric user, so Kubernetes can check runAsNonRoot without resolving names.
 USER 10001:10001
-EXPOSE 8080
+# 8080: the gateway (headct serve); 11112: DICOM, when the image runs headct listen.
+EXPOSE 8080 11112
 # The slim image has no curl: the standard library asks /healthz (liveness, not readiness: a
 # gateway waiting for Triton is alive and says so on /readyz).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \

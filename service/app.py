@@ -4,7 +4,9 @@
 (and with it the model card) onto ``app.state``; routes reach it through ``service.api.deps``.
 With ``HEADCT_DATA_DIR`` set it also opens the study store, mounts STOW-RS (``/dicomweb``) and the
 study queries (``/v1/studies``), and runs a study worker (``service.pacs.worker``) beside the
-routes; its stored studies take the same capacity slots as uploads.
+routes; its stored studies take the same capacity slots as uploads. With
+``HEADCT_PACS_DESTINATIONS`` too, each triaged study's SR and key image are sent to them
+(``service.pacs.publish``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import anyio
 from fastapi import FastAPI
@@ -27,8 +30,8 @@ from service.errors import BackendTimeoutError, BackendUnavailableError
 from service.log_config import configure_logging, silence_header_warnings
 from service.metrics import GatewayMetrics
 from service.model_card import NOT_FOR_CLINICAL_USE
+from service.pacs.publish import run_study_workers
 from service.pacs.store import StudyStore
-from service.pacs.worker import StudyWorker, TriagedHook
 from service.settings import BackendKind, Settings
 from service.viewer.volumes import RecentVolumes
 
@@ -48,11 +51,9 @@ def create_app(
     settings: Settings | None = None,
     *,
     configure_logs: bool = True,
-    on_triaged: TriagedHook | None = None,
 ) -> FastAPI:
     """The gateway. ``settings`` default to the environment (``HEADCT_*``); a bad value raises
-    a ``ValidationError`` naming the variable. ``on_triaged``: called by the study worker after
-    each stored study is triaged (``service.pacs.worker``)."""
+    a ``ValidationError`` naming the variable."""
     settings = settings or Settings()
     gateway_metrics = GatewayMetrics()
 
@@ -82,15 +83,8 @@ def create_app(
                 app.state.store = store
             async with anyio.create_task_group() as tasks:
                 if store is not None:
-                    worker = StudyWorker(
-                        store,
-                        backend,
-                        settings,
-                        gateway_metrics.store,
-                        on_triaged=on_triaged,
-                        slot=app.state.limiter.slot,
-                    )
-                    tasks.start_soon(worker.run)
+                    workers = partial(run_study_workers, slot=app.state.limiter.slot)
+                    tasks.start_soon(workers, store, backend, settings, gateway_metrics.store)
                 yield
                 tasks.cancel_scope.cancel()
         finally:

@@ -104,3 +104,7 @@ def configure_logging(
         named.propagate = True
     # The gateway writes its own access line with the request id; uvicorn's would repeat it.
     logging.getLogger("uvicorn.access").disabled = True
+    # The DICOM network libraries log study UIDs at INFO and, pynetdicom at DEBUG, whole data sets
+    # (patient names): their warnings and errors only.
+    for name in ("pynetdicom", "dicomweb_client"):
+        logging.getLogger(name).setLevel(logging.WARNING)

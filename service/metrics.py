@@ -27,8 +27,8 @@ _WEIGHT_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 
 class StoreMetrics:
-    """The study store's metrics (PACS intake and the study worker), on the registry of the
-    process that runs them: the gateway's, or ``headct listen``'s own."""
+    """The study store's metrics (PACS intake, the study worker, deliveries to the PACS), on the
+    registry of the process that runs them: the gateway's, or ``headct listen``'s own."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.instances = Counter(
@@ -50,6 +50,17 @@ class StoreMetrics:
             ["state"],
             registry=registry,
         )
+        self.pacs_deliveries = Counter(
+            "headct_pacs_deliveries_total",
+            "Attempts to deliver a study's SR and key image to a PACS destination, by outcome: "
+            "delivered, retry (failed, tried again later) or dead_letter (given up, or the outputs "
+            "could not be built).",
+            ["destination_kind", "outcome"],
+            registry=registry,
+        )
+        for kind in DestinationKind:  # zero series from the start, so rates are defined
+            for outcome in DeliveryOutcome:
+                self.pacs_deliveries.labels(destination_kind=kind.value, outcome=outcome.value)
 
 
 class GatewayMetrics:
@@ -116,16 +127,6 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
-        self.pacs_deliveries = Counter(
-            "headct_pacs_deliveries_total",
-            "Attempts to deliver a study's SR and key image to a PACS destination, by outcome: "
-            "delivered, retry (failed, tried again later) or dead_letter (given up).",
-            ["destination_kind", "outcome"],
-            registry=r,
-        )
-        for kind in DestinationKind:  # zero series from the start, so rates are defined
-            for outcome in DeliveryOutcome:
-                self.pacs_deliveries.labels(destination_kind=kind.value, outcome=outcome.value)
         self.model_info = Gauge(
             "headct_model_info",
             "The model being served (value 1).",

@@ -69,3 +69,13 @@ def zip_bytes(files: list[Path], *, prefix: str = "study/") -> bytes:
 
 def multipart_files(files: list[Path]) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("files", (p.name, p.read_bytes(), "application/dicom")) for p in files]
+
+
+def multipart_related(parts: list[bytes], boundary: str = "headct-boundary") -> tuple[bytes, str]:
+    """A STOW-RS body of ``application/dicom`` parts, and its Content-Type."""
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
+        for part in parts
+    )
+    body += f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'

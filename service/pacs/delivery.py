@@ -38,7 +38,7 @@ from service.pacs.destination import (
 from service.settings import Settings
 
 if TYPE_CHECKING:  # service.metrics counts these outcomes, so it imports this module
-    from service.metrics import GatewayMetrics
+    from service.metrics import StoreMetrics
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def attempt_delivery(
     *,
     attempt: int,
     policy: RetryPolicy,
-    metrics: GatewayMetrics,
+    metrics: StoreMetrics,
     timeout_s: float,
     calling_aet: str = DEFAULT_CALLING_AET,
 ) -> DeliveryAttempt:

@@ -1,5 +1,6 @@
 """``headct listen``: a DICOM C-STORE SCP (pynetdicom) that takes CT studies into the study store,
-and the study worker that triages them, in one process.
+the study worker that triages them and, with ``HEADCT_PACS_DESTINATIONS``, the publisher that
+sends their SR and key image back (``service.pacs.publish``), in one process.
 
 Associations: the configured AE title; calling AE titles restricted to ``listen_calling_aes``
 (others are rejected at association) unless that is empty; CT storage SOP classes with the
@@ -25,12 +26,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from service.backends import create_backend
+from service.backends.base import InferenceBackend
 from service.log_config import configure_logging
 from service.metrics import StoreMetrics
 from service.pacs.instances import CT_STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from service.pacs.intake import receive_instance
+from service.pacs.publish import run_study_workers
 from service.pacs.store import StudyStore
-from service.pacs.worker import StudyWorker, TriagedHook
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,20 +80,20 @@ async def _until_signalled() -> None:
             return
 
 
-async def _serve(worker: StudyWorker) -> None:
+async def _serve(
+    store: StudyStore, backend: InferenceBackend, settings: Settings, metrics: StoreMetrics
+) -> None:
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(worker.run)
+        tasks.start_soon(run_study_workers, store, backend, settings, metrics)
         await _until_signalled()
         tasks.cancel_scope.cancel()
 
 
-def run_listener(settings: Settings, *, host: str, on_triaged: TriagedHook | None = None) -> None:
+def run_listener(settings: Settings, *, host: str) -> None:
     """Serve C-STORE on ``host:settings.listen_port`` and triage what arrives, until SIGTERM or
     SIGINT. Blocks."""
     assert settings.data_dir is not None, "headct listen needs HEADCT_DATA_DIR"
     configure_logging(settings.log_level.value, settings.log_json)
-    # pynetdicom logs each association and, at DEBUG, the data sets (patient names): ours only.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     registry = CollectorRegistry(auto_describe=True)
     metrics = StoreMetrics(registry)
     backend = create_backend(settings)
@@ -109,8 +111,7 @@ def run_listener(settings: Settings, *, host: str, on_triaged: TriagedHook | Non
                 "calling_aes": list(settings.listen_calling_aes),
             },
         )
-        worker = StudyWorker(store, backend, settings, metrics, on_triaged=on_triaged)
-        anyio.run(_serve, worker)
+        anyio.run(_serve, store, backend, settings, metrics)
     finally:
         if server is not None:
             server.shutdown()

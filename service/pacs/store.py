@@ -32,7 +32,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -441,17 +441,25 @@ class StudyStore:
             self._roll_up(db, study_uid)
 
     def claim_due_deliveries(
-        self, owner: str, *, lease_s: float, limit: int = 16
+        self,
+        owner: str,
+        *,
+        lease_s: float,
+        destinations: Collection[str] | None = None,
+        limit: int = 16,
     ) -> list[DeliveryRecord]:
         """Pending deliveries whose next attempt is due, leased to ``owner`` for ``lease_s`` (no
         other worker gets them until then); record each attempt with ``record_delivery_attempt``.
-        """
+        ``destinations``: only deliveries to these (the ones the caller can reach; others wait
+        for a process configured with them); None: any."""
         now = self.clock()
         due = sa.and_(
             deliveries.c.state == DeliveryState.PENDING,
             deliveries.c.next_attempt_at <= now,
             sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
         )
+        if destinations is not None:
+            due = sa.and_(due, deliveries.c.destination.in_(list(destinations)))
         claimed: list[DeliveryRecord] = []
         with self._transaction() as db:
             rows = db.execute(
@@ -480,20 +488,28 @@ class StudyStore:
         study_uid: str,
         destination: str,
         *,
+        owner: str,
         error: str | None = None,
         retry_at: float | None = None,
-    ) -> DeliveryState:
-        """One attempt's outcome: ``error`` None: delivered; an error with ``retry_at``: pending
-        again from then; an error without: dead letter (the retry policy gave up). The study's
-        state follows its deliveries: delivered when all are, dead_letter when any is."""
+    ) -> DeliveryState | None:
+        """One attempt's outcome, by the ``owner`` that claimed it: ``error`` None: delivered; an
+        error with ``retry_at``: pending again from then; an error without: dead letter (the retry
+        policy gave up). The study's state follows its deliveries: delivered when all are,
+        dead_letter when any is. None, and nothing recorded, when the claim is no longer the
+        owner's: its lease ran out and another worker claimed the delivery, or a newer result
+        was scheduled meanwhile (this attempt sent the older one)."""
         if error is None:
             state = DeliveryState.DELIVERED
         else:
             state = DeliveryState.PENDING if retry_at is not None else DeliveryState.DEAD_LETTER
         with self._transaction() as db:
-            db.execute(
+            recorded = db.execute(
                 deliveries.update()
-                .where(deliveries.c.study_uid == study_uid, deliveries.c.destination == destination)
+                .where(
+                    deliveries.c.study_uid == study_uid,
+                    deliveries.c.destination == destination,
+                    deliveries.c.lease_owner == owner,
+                )
                 .values(
                     state=state,
                     attempts=deliveries.c.attempts + 1,
@@ -503,7 +519,10 @@ class StudyStore:
                     lease_until=None,
                     updated_at=self.clock(),
                 )
-            )
+            ).rowcount
+            if not recorded:
+                log.warning("delivery lease lost; attempt not recorded", extra={"owner": owner})
+                return None
             self._roll_up(db, study_uid)
         return state
 

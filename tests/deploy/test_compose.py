@@ -1,6 +1,7 @@
 """docker-compose.yml: valid against the Compose Specification schema, and wired as the product
 needs: a `gpu` profile (Triton with a GPU, the gateway on Triton once Triton is healthy), a `cpu`
-profile (the gateway alone on its embedded backend), Prometheus and Grafana in both."""
+profile (the gateway alone on its embedded backend), Prometheus and Grafana in both; in each
+profile a DICOM listener from the gateway's image sharing the gateway's study store."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ from tests.deploy.settings_check import (
 COMPOSE_SCHEMA = SCHEMAS / "compose-spec.json"
 SHARED_COMPOSE_SCHEMA = REPO_ROOT.parent / "shared" / "schemas" / "compose-spec.json"
 MODEL_REPOSITORY_IN_IMAGE = "/opt/headct/model_repository"
+DICOM_PORT = "11112"
+LISTENER_METRICS_PORT = "9101"
+PROFILES = {"gpu": ("gateway", "listener"), "cpu": ("gateway-cpu", "listener-cpu")}
 
 
 def _environment(service: dict[str, Any]) -> dict[str, str]:
@@ -73,6 +77,8 @@ def test_profiles_split_gpu_and_cpu(compose: dict[str, Any]) -> None:
     assert profiles["triton"] == {"gpu"}
     assert profiles["gateway"] == {"gpu"}
     assert profiles["gateway-cpu"] == {"cpu"}
+    assert profiles["listener"] == {"gpu"}
+    assert profiles["listener-cpu"] == {"cpu"}
     # Monitoring runs in both; nothing else runs without a profile.
     assert {n for n, p in profiles.items() if not p} == {"prometheus", "grafana"}
     gpu_users = {
@@ -160,7 +166,11 @@ def test_prometheus_scrapes_the_compose_services(compose: dict[str, Any]) -> Non
         for network in (s.get("networks") or {}).values()
         for alias in (network or {}).get("aliases", [])
     }
-    expected = {"headct-gateway": ("gateway", 8080), "headct-triton": ("triton", 8002)}
+    expected = {
+        "headct-gateway": ("gateway", 8080),
+        "headct-listener": ("listener", int(LISTENER_METRICS_PORT)),
+        "headct-triton": ("triton", 8002),
+    }
     for job, (host, port) in expected.items():
         (sd,) = jobs[job]["dns_sd_configs"]
         assert sd["names"] == [host] and sd["port"] == port
@@ -194,3 +204,44 @@ def test_grafana_provisioning(compose: dict[str, Any]) -> None:
     assert source["type"] == "prometheus"
     assert source["url"] == "http://prometheus:9090"
     assert "prometheus" in services
+
+
+def _named_volumes(service: dict[str, Any]) -> dict[str, str]:
+    """Named volumes by target (short syntax ``name:/target``)."""
+    return {
+        v.split(":")[1]: v.split(":")[0]
+        for v in service.get("volumes", [])
+        if isinstance(v, str) and not v.startswith((".", "/"))
+    }
+
+
+def test_listener_shares_the_gateways_store_and_image(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    services = compose["services"]
+    for profile, (gateway_name, listener_name) in PROFILES.items():
+        gateway, listener = services[gateway_name], services[listener_name]
+        gateway_env, listener_env = _environment(gateway), _environment(listener)
+        data_dir = gateway_env["HEADCT_DATA_DIR"]
+        assert listener_env["HEADCT_DATA_DIR"] == data_dir, profile
+        volume = _named_volumes(gateway)[data_dir]
+        assert _named_volumes(listener)[data_dir] == volume and volume in compose["volumes"]
+        # Deliveries are claimed by whichever process triaged or is free: both must know them.
+        assert (
+            listener["environment"]["HEADCT_PACS_DESTINATIONS"]
+            == (gateway["environment"]["HEADCT_PACS_DESTINATIONS"])
+        )
+        assert listener["image"] == gateway["image"] and listener["build"] == gateway["build"]
+        for key in ("HEADCT_BACKEND", "HEADCT_TRITON_URL", "HEADCT_MODEL_NAME"):
+            assert listener_env.get(key) == gateway_env.get(key), (profile, key)
+        command = listener["command"]
+        assert command[:2] == ["headct", "listen"] and "0.0.0.0" in command
+        port = command[command.index("--port") + 1]
+        assert port == DICOM_PORT and any(p.endswith(f":{port}") for p in listener["ports"])
+        assert f", {port})" in " ".join(listener["healthcheck"]["test"]), "checks the DICOM port"
+        assert listener_env["HEADCT_LISTEN_METRICS_PORT"] == LISTENER_METRICS_PORT
+        assert listener["read_only"] is True
+        assert not unknown_settings(listener_env)
+        validate_settings(listener_env, tmp_path)
+    aliases = services["listener-cpu"]["networks"]["default"]["aliases"]
+    assert "listener" in aliases, "Prometheus scrapes `listener` in both profiles"

@@ -1,7 +1,7 @@
 """k8s/: each overlay renders with kustomize, passes ``kubernetes-validate --strict`` (the custom
 resources against the Prometheus Operator's CRD schemas), and is wired together: selectors match
-pods, probes and ports line up, pods meet the restricted Pod Security Standard, and only the
-gateway reaches Triton."""
+pods, probes and ports line up, pods meet the restricted Pod Security Standard, only the
+gateway reaches Triton, and the PACS component's listener shares the gateway's study store."""
 
 from __future__ import annotations
 
@@ -157,8 +157,8 @@ def test_gateway_deployment(manifests: dict[str, Docs], overlay: str, tmp_path: 
     settings = _config_map(docs, deployment)
     assert not unknown_settings(settings)
     validate_settings(settings, tmp_path)
-    secret = gateway["env"][0]["valueFrom"]["secretKeyRef"]
-    assert gateway["env"][0]["name"] == "HEADCT_API_KEYS" and secret["optional"] is True
+    env = {e["name"]: e for e in gateway["env"]}
+    assert env["HEADCT_API_KEYS"]["valueFrom"]["secretKeyRef"]["optional"] is True
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -193,9 +193,8 @@ def _service_monitor_targets(docs: Docs, name: str) -> tuple[dict[str, Any], set
 def test_service_monitors_select_named_ports(manifests: dict[str, Docs], overlay: str) -> None:
     docs = manifests[overlay]
     names = {m["metadata"]["name"] for m in resources(docs, "ServiceMonitor")}
-    assert names == (
-        {"headct-gateway", "headct-triton"} if overlay == "gpu" else {"headct-gateway"}
-    )
+    others = {"gpu": {"headct-triton"}, "cpu": set(), "cpu-pacs": {"headct-listener"}}
+    assert names == {"headct-gateway"} | others[overlay]
     for name in names:
         monitor, ports = _service_monitor_targets(docs, name)
         for endpoint in monitor["spec"]["endpoints"]:
@@ -270,3 +269,55 @@ def test_only_the_gateway_reaches_triton(manifests: dict[str, Docs]) -> None:
             assert ports == {"metrics"}, "only the metrics port is open to anyone else"
             for peer in rule["from"]:
                 assert peer["namespaceSelector"]["matchLabels"] and peer["podSelector"]
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _mounted_claims(deployment: dict[str, Any], container: str) -> dict[str, str]:
+    """Mount path to PersistentVolumeClaim name, for ``container``'s claim-backed mounts."""
+    volumes = {v["name"]: v for v in _pod(deployment)["volumes"]}
+    return {
+        m["mountPath"]: volumes[m["name"]]["persistentVolumeClaim"]["claimName"]
+        for m in _container(deployment, container)["volumeMounts"]
+        if "persistentVolumeClaim" in volumes[m["name"]]
+    }
+
+
+def test_pacs_listener_shares_the_gateways_store(
+    manifests: dict[str, Docs], tmp_path: Path
+) -> None:
+    docs = manifests["cpu-pacs"]
+    gateway_deployment = one(docs, "Deployment", "headct-gateway")
+    listener_deployment = one(docs, "Deployment", "headct-listener")
+    gateway = _container(gateway_deployment, "gateway")
+    listener = _container(listener_deployment, "listener")
+    assert listener["image"] == gateway["image"]
+    assert listener["envFrom"] == gateway["envFrom"], "the same model, store and destinations"
+    settings = _config_map(docs, gateway_deployment)
+    data_dir = settings["HEADCT_DATA_DIR"]
+    claim = _mounted_claims(listener_deployment, "listener")[data_dir]
+    assert _mounted_claims(gateway_deployment, "gateway")[data_dir] == claim
+    assert one(docs, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]
+    for container in (gateway, listener):  # several pods on one database: PostgreSQL
+        store_url = _env(container)["HEADCT_STORE_URL"]["valueFrom"]["secretKeyRef"]
+        assert store_url == {"name": "headct-store", "key": "url"}
+
+    args = listener["args"]
+    assert args[:2] == ["headct", "listen"] and "0.0.0.0" in args
+    ports = {p["name"]: p["containerPort"] for p in listener["ports"]}
+    assert ports["dicom"] == int(args[args.index("--port") + 1])
+    listener_env = _env(listener)
+    assert ports["metrics"] == int(listener_env["HEADCT_LISTEN_METRICS_PORT"]["value"])
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert listener[probe]["tcpSocket"] == {"port": "dicom"}, probe
+    assert _mounted_claims(listener_deployment, "listener").keys() == {data_dir}
+    mounts = {m["mountPath"] for m in listener["volumeMounts"]}
+    assert "/tmp" in mounts and listener["securityContext"]["readOnlyRootFilesystem"] is True
+
+    service = one(docs, "Service", "headct-listener")
+    assert _selects(service["spec"]["selector"], _labels(listener_deployment))
+    service_ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+    assert service_ports["dicom"] == (104, "dicom"), "PACS send to the well-known DICOM port"
+    validate_settings({**settings, "HEADCT_LISTEN_METRICS_PORT": str(ports["metrics"])}, tmp_path)

@@ -1,11 +1,13 @@
 """The real docker-compose.yml, brought up with podman-compose as the README's deploy section says:
-the ``cpu`` profile's gateway answers a triage, Prometheus (its image from Debian's package where
-no registry is reachable: docker/build-local-base.sh) scrapes it and loads the alert rules, and
-``down`` leaves no container, network or volume behind.
+the ``cpu`` profile's gateway answers a triage, its DICOM listener answers a C-ECHO on the
+published port, Prometheus (its image from Debian's package where no registry is reachable:
+docker/build-local-base.sh) scrapes the gateway and loads the alert rules, and ``down`` leaves no
+container, network or volume behind.
 
 Grafana is not started: no image of it can be made here (Debian does not package it).
 The project runs under its own name, so a stack a developer runs is left alone; the gateway's
-port is a free one on loopback (``HEADCT_PORT``), Prometheus's is the compose file's 9090.
+and DICOM ports are free ones on loopback (``HEADCT_PORT``, ``HEADCT_DICOM_PORT``), Prometheus's
+is the compose file's 9090.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from typing import Any
 import httpx2
 import pytest
 
+from testing.listener_process import echo
 from testing.studies import multipart_files
 from tests.images.conftest import assert_same_triage
 from tests.images.podman import BUILD_ARGS, REPO_ROOT, Podman, free_port, podman_env
 
 PROJECT = "headct-triage-test"
-SERVICES = ["gateway-cpu", "prometheus"]
+SERVICES = ["gateway-cpu", "listener-cpu", "prometheus"]
 PROMETHEUS = "http://127.0.0.1:9090"
 GATEWAY_JOB = "headct-gateway"
 
@@ -95,8 +98,12 @@ def test_compose_cpu_profile_serves_a_triage_that_prometheus_scrapes_and_down_re
 ) -> None:
     if _port_in_use(9090):
         pytest.fail("127.0.0.1:9090 (the compose file's Prometheus port) is in use: free it")
-    port = free_port()
-    env = {**podman_env(), "HEADCT_PORT": f"127.0.0.1:{port}"}
+    port, dicom_port = free_port(), free_port()
+    env = {
+        **podman_env(),
+        "HEADCT_PORT": f"127.0.0.1:{port}",
+        "HEADCT_DICOM_PORT": f"127.0.0.1:{dicom_port}",
+    }
 
     def compose(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
         command = [podman_compose, "--project-name", PROJECT, *args]
@@ -119,6 +126,11 @@ def test_compose_cpu_profile_serves_a_triage_that_prometheus_scrapes_and_down_re
         response = httpx2.post(url + "/v1/triage", files=multipart_files(study), timeout=120)
         assert response.status_code == 200, response.text
         assert_same_triage(response.json(), in_process_result)
+        _until(
+            "the listener answering C-ECHO",
+            lambda: echo(dicom_port, called_ae="HEADCT", calling_ae="ECHOSCU"),
+            120,
+        )
 
         # Prometheus finds the gateway through the network alias and scrapes its /metrics.
         _until("Prometheus scraping the gateway", _gateway_target_up, 120)

@@ -1,6 +1,5 @@
 """PACS intake fixtures: a real ONNX model, the environment of a ``headct listen`` or ``headct
-serve`` process on a study store, waiting for a stored study to reach a state, and STOW-RS
-bodies."""
+serve`` process on a study store, waiting for a stored study to reach a state."""
 
 from __future__ import annotations
 
@@ -60,13 +59,3 @@ def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"study never reached the expected state; last: {record}")
         time.sleep(0.2)
-
-
-def multipart_related(parts: list[bytes], boundary: str = "headct-boundary") -> tuple[bytes, str]:
-    """A STOW-RS body of ``application/dicom`` parts, and its Content-Type."""
-    body = b"".join(
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
-        for part in parts
-    )
-    body += f"--{boundary}--\r\n".encode()
-    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'

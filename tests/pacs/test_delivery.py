@@ -205,7 +205,7 @@ def test_attempts_retry_then_dead_letter_and_are_counted(outputs: list[Dataset])
     nowhere = DimseDestination("NOBODY", "127.0.0.1", free_port())
     outcomes = [
         attempt_delivery(
-            outputs, nowhere, attempt=n, policy=QUICK, metrics=metrics, timeout_s=TIMEOUT_S
+            outputs, nowhere, attempt=n, policy=QUICK, metrics=metrics.store, timeout_s=TIMEOUT_S
         )
         for n in (1, 2, 3)
     ]
@@ -227,7 +227,7 @@ def test_a_permanent_failure_is_dead_lettered_at_once(
     metrics = GatewayMetrics()
     wrong = DimseDestination("NOT_ORTHANC", "127.0.0.1", pacs.dicom_port)
     attempt = attempt_delivery(
-        outputs, wrong, attempt=1, policy=QUICK, metrics=metrics, timeout_s=TIMEOUT_S
+        outputs, wrong, attempt=1, policy=QUICK, metrics=metrics.store, timeout_s=TIMEOUT_S
     )
     assert attempt.outcome is DeliveryOutcome.DEAD_LETTER
     assert _count(metrics, "dimse", DeliveryOutcome.DEAD_LETTER) == 1
@@ -247,7 +247,12 @@ def test_a_pacs_that_comes_back_gets_the_results_once(
 
     def attempt(n: int) -> DeliveryOutcome:
         return attempt_delivery(
-            outputs, destination, attempt=n, policy=QUICK, metrics=metrics, timeout_s=TIMEOUT_S
+            outputs,
+            destination,
+            attempt=n,
+            policy=QUICK,
+            metrics=metrics.store,
+            timeout_s=TIMEOUT_S,
         ).outcome
 
     assert attempt(1) is DeliveryOutcome.RETRY

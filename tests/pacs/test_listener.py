@@ -30,9 +30,9 @@ from testing.gateway_process import GatewayProcess, free_port, gateway_process
 from testing.listener_process import ListenerProcess, listener_process
 from testing.onnx_fixture import FixtureModel
 from testing.orthanc import StoreSCUError, orthanc_server, storescu
-from testing.studies import Patient, write_synthetic_study
+from testing.studies import Patient, multipart_related, write_synthetic_study
 from tests.conftest import real_dicom_file
-from tests.pacs.conftest import AE_TITLE, QUIET_S, ROOT, multipart_related, pacs_env, wait_for
+from tests.pacs.conftest import AE_TITLE, QUIET_S, ROOT, pacs_env, wait_for
 
 PATIENT = Patient(name="Qvxlz^Listener", patient_id="PID-LSTN-7731", birth_date="19020304")
 LISTEN = [sys.executable, "-m", "service.cli", "listen"]

@@ -186,23 +186,32 @@ def test_delivery_bookkeeping(store: StudyStore, clock: Clock) -> None:
     assert store.claim_due_deliveries("w2", lease_s=30) == [], "leased to w1"
 
     state = store.record_delivery_attempt(
-        "1.2.3", "orthanc-dicomweb", error="connection refused", retry_at=clock.now + 60
+        "1.2.3",
+        "orthanc-dicomweb",
+        owner="w1",
+        error="connection refused",
+        retry_at=clock.now + 60,
     )
     assert state is DeliveryState.PENDING
-    assert store.record_delivery_attempt("1.2.3", "pacs-dimse") is DeliveryState.DELIVERED
+    assert store.record_delivery_attempt("1.2.3", "pacs-dimse", owner="w1") is (
+        DeliveryState.DELIVERED
+    )
     assert store.get_study("1.2.3").state is StudyState.TRIAGED  # type: ignore[union-attr]
     assert store.claim_due_deliveries("w1", lease_s=30) == [], "not due before retry_at"
     clock.now += 60
     (retry,) = store.claim_due_deliveries("w2", lease_s=30)
     assert (retry.attempts, retry.last_error) == (1, "connection refused")
-    assert store.record_delivery_attempt("1.2.3", "orthanc-dicomweb") is DeliveryState.DELIVERED
+    assert store.record_delivery_attempt("1.2.3", "orthanc-dicomweb", owner="w2") is (
+        DeliveryState.DELIVERED
+    )
     record = store.get_study("1.2.3")
     assert record is not None and record.state is StudyState.DELIVERED
     assert [d.attempts for d in record.deliveries] == [2, 1]
 
     store.schedule_delivery("1.2.3", "orthanc-dicomweb")  # a new result: sent again
     assert store.get_study("1.2.3").state is StudyState.TRIAGED  # type: ignore[union-attr]
-    store.record_delivery_attempt("1.2.3", "orthanc-dicomweb", error="HTTP 500")
+    store.claim_due_deliveries("w1", lease_s=30)
+    store.record_delivery_attempt("1.2.3", "orthanc-dicomweb", owner="w1", error="HTTP 500")
     record = store.get_study("1.2.3")
     assert record is not None and record.state is StudyState.DEAD_LETTER
     store.schedule_delivery("1.2.3", "other")
@@ -213,6 +222,28 @@ def test_delivery_bookkeeping(store: StudyStore, clock: Clock) -> None:
         "other": DeliveryState.DEAD_LETTER,
         "pacs-dimse": DeliveryState.DELIVERED,
     }
+
+
+def test_an_attempt_whose_claim_was_lost_is_not_recorded(store: StudyStore, clock: Clock) -> None:
+    """An attempt that outlived its lease (another worker claimed the delivery), or that sent a
+    result a newer one replaced meanwhile, records nothing: the current claim's outcome counts."""
+    store.add_instance(ref("1.2.3", "1.2.3.1"), b"a", route="dimse")
+    clock.now += QUIET
+    got = claim(store)
+    assert got is not None and store.finish_study(got, model=MODEL, result_json="{}")
+    store.schedule_delivery("1.2.3", "pacs")
+    assert len(store.claim_due_deliveries("w1", lease_s=30)) == 1
+    clock.now += 31
+    assert len(store.claim_due_deliveries("w2", lease_s=30)) == 1
+    assert store.record_delivery_attempt("1.2.3", "pacs", owner="w1") is None
+    (delivery,) = store.get_study("1.2.3").deliveries  # type: ignore[union-attr]
+    assert (delivery.state, delivery.attempts) == (DeliveryState.PENDING, 0)
+
+    store.schedule_delivery("1.2.3", "pacs")  # a newer result while w2 sends the older one
+    assert store.record_delivery_attempt("1.2.3", "pacs", owner="w2") is None
+    assert len(store.claim_due_deliveries("w3", lease_s=30)) == 1
+    assert store.record_delivery_attempt("1.2.3", "pacs", owner="w3") is DeliveryState.DELIVERED
+    assert store.get_study("1.2.3").state is StudyState.DELIVERED  # type: ignore[union-attr]
 
 
 def test_finished_studies_are_listed_in_pages(store: StudyStore, clock: Clock) -> None:

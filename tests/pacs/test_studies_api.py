@@ -18,8 +18,7 @@ from service.pacs.instances import InstanceRef
 from service.pacs.store import StudyStore
 from service.settings import Settings
 from testing.onnx_fixture import FixtureModel
-from testing.studies import write_synthetic_study
-from tests.pacs.conftest import multipart_related
+from testing.studies import multipart_related, write_synthetic_study
 
 API_KEY = "k-studies"
 
