@@ -17,9 +17,10 @@ routes: the study worker, and with destinations a ``Publisher``:
   whose study state follows (delivered, dead_letter). Pending deliveries survive a restart: they
   are rows and files, and the next process to start claims them, without rebuilding anything.
 
-A process killed between a study's triage and the end of its hook (the seconds the SR takes)
-leaves the study triaged with no delivery scheduled: nothing is sent for it until it is triaged
-again.
+The deliveries are recorded in the same transaction as the result (``StudyStore.finish_study``),
+due ``BUILD_GRACE_S`` later; the hook makes them due at once when it has built the outputs. A
+process killed between the triage and the end of its hook (the seconds the SR takes) leaves them
+to a delivery loop, which builds the outputs from the stored result and instances first.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ DELIVERY_LOOPS = 4  # deliveries in flight per process: one slow destination doe
 # A lease outlives one attempt: each network step of it (connect, associate, one C-STORE per
 # output, release; or the STOW-RS request) is bounded by the delivery timeout.
 LEASE_STEPS = 8
+# A result's deliveries are recorded with it, due this long after (the worker's hook builds the
+# outputs and makes them due at once); if the process dies before, a delivery loop builds them.
+BUILD_GRACE_S = 60.0
 
 
 def read_evidence(paths: Sequence[Path], key_sop_instance_uid: str | None) -> list[Dataset]:
@@ -116,6 +120,24 @@ class Publisher:
         evidence = read_evidence(paths, result.slices.key_sop_instance_uid)
         return build_outputs(result, card, evidence)
 
+    def _rebuild(self, record: DeliveryRecord) -> bool:
+        """Build the outputs of a delivery whose process died between the triage and its hook,
+        from the stored result and instances; False (the delivery dead-lettered) if impossible."""
+        study = self.store.get_study(record.study_uid)
+        reason = "the study's result is not in the store"
+        if study is not None and study.result_json is not None:
+            try:
+                result = TriageResult.model_validate_json(study.result_json)
+                outputs = self._build(result, self.store.study_paths(record.study_uid))
+            except Exception as exc:
+                log_unexpected("the SR and key image could not be rebuilt", exc)
+                reason = f"the outputs could not be built ({type(exc).__name__})"
+            else:
+                self._keep_outputs(record.study_uid, outputs)
+                return True
+        self.store.mark_dead_letter(record.study_uid, record.destination, reason)
+        return False
+
     def _keep_outputs(self, study_uid: str, outputs: Sequence[Dataset]) -> None:
         """``outputs`` on disk as the study's current ones; an earlier result's removed."""
         folder = self.outputs_folder(study_uid)
@@ -175,11 +197,9 @@ class Publisher:
     def _attempt(self, record: DeliveryRecord, owner: str) -> None:
         destination = self.destinations[record.destination]
         paths = sorted(self.outputs_folder(record.study_uid).glob("*.dcm"))
-        if not paths:
-            self.store.mark_dead_letter(
-                record.study_uid, record.destination, "the study's outputs are not on disk"
-            )
+        if not paths and not self._rebuild(record):
             return
+        paths = sorted(self.outputs_folder(record.study_uid).glob("*.dcm"))
         attempt = attempt_delivery(
             [pydicom.dcmread(path) for path in paths],
             destination,
@@ -220,6 +240,8 @@ async def run_study_workers(
         metrics,
         on_triaged=publisher.on_triaged if publisher is not None else None,
         slot=slot,
+        deliver_to=tuple(publisher.destinations) if publisher is not None else (),
+        deliver_after_s=BUILD_GRACE_S,
     )
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(worker.run)

@@ -336,14 +336,7 @@ class StudyStore:
                     revision = db.execute(
                         sa.select(studies.c.revision).where(studies.c.study_uid == study_uid)
                     ).scalar_one()
-                    paths = db.execute(
-                        sa.select(instances.c.path)
-                        .where(instances.c.study_uid == study_uid)
-                        .order_by(instances.c.received_at, instances.c.sop_instance_uid)
-                    ).scalars()
-                    return StudyClaim(
-                        study_uid, revision, owner, [self.data_dir / p for p in paths]
-                    )
+                    return StudyClaim(study_uid, revision, owner, self._paths(db, study_uid))
         return None
 
     def finish_study(
@@ -353,11 +346,18 @@ class StudyStore:
         model: tuple[str, int],
         result_json: str | None = None,
         error: tuple[str, str] | None = None,
+        deliver_to: Collection[str] = (),
+        deliver_after_s: float = 0.0,
     ) -> bool:
         """Record a claim's outcome: ``result_json`` (triaged) or ``error`` (code, message;
         failed). True when that outcome is the study's current one; False when instances arrived
         during the triage (the study is receiving again and will be triaged anew) or the lease
-        was lost to another worker (nothing is recorded then)."""
+        was lost to another worker (nothing is recorded then).
+
+        A current result is scheduled for delivery to ``deliver_to`` in the same transaction,
+        due ``deliver_after_s`` from now (time for the worker to build the outputs; a process
+        that dies first leaves them to the delivery loop), so no crash can leave a triaged study
+        that is never sent."""
         assert (result_json is None) != (error is None)
         now = self.clock()
         finished = StudyState.TRIAGED if error is None else StudyState.FAILED
@@ -390,6 +390,9 @@ class StudyStore:
             state = db.execute(
                 sa.select(studies.c.state).where(studies.c.study_uid == claim.study_uid)
             ).scalar_one()
+            if state == StudyState.TRIAGED:
+                for destination in deliver_to:
+                    self._schedule(db, claim.study_uid, destination, due=now + deliver_after_s)
         return bool(state == finished)
 
     def release_study(self, claim: StudyClaim) -> None:
@@ -419,26 +422,28 @@ class StudyStore:
     def schedule_delivery(self, study_uid: str, destination: str) -> None:
         """A delivery of the study's current result to ``destination`` (a name the delivery
         configuration knows), due now; one scheduled before (an earlier result's) starts over."""
-        now = self.clock()
+        with self._transaction() as db:
+            self._schedule(db, study_uid, destination, due=self.clock())
+
+    def _schedule(self, db: Connection, study_uid: str, destination: str, *, due: float) -> None:
         values = {
             "state": DeliveryState.PENDING,
             "attempts": 0,
             "last_error": None,
-            "next_attempt_at": now,
+            "next_attempt_at": due,
             "lease_owner": None,
             "lease_until": None,
-            "updated_at": now,
+            "updated_at": self.clock(),
         }
-        with self._transaction() as db:
-            db.execute(
-                self._insert(deliveries)
-                .values(study_uid=study_uid, destination=destination, **values)
-                .on_conflict_do_update(
-                    index_elements=[deliveries.c.study_uid, deliveries.c.destination],
-                    set_=values,
-                )
+        db.execute(
+            self._insert(deliveries)
+            .values(study_uid=study_uid, destination=destination, **values)
+            .on_conflict_do_update(
+                index_elements=[deliveries.c.study_uid, deliveries.c.destination],
+                set_=values,
             )
-            self._roll_up(db, study_uid)
+        )
+        self._roll_up(db, study_uid)
 
     def claim_due_deliveries(
         self,
@@ -564,6 +569,19 @@ class StudyStore:
         )
 
     # ---- queries ----
+
+    def study_paths(self, study_uid: str) -> list[Path]:
+        """The stored instance files of a study, in the order they arrived."""
+        with self._transaction() as db:
+            return self._paths(db, study_uid)
+
+    def _paths(self, db: Connection, study_uid: str) -> list[Path]:
+        paths = db.execute(
+            sa.select(instances.c.path)
+            .where(instances.c.study_uid == study_uid)
+            .order_by(instances.c.received_at, instances.c.sop_instance_uid)
+        ).scalars()
+        return [self.data_dir / p for p in paths]
 
     def get_study(self, study_uid: str) -> StudyRecord | None:
         with self._transaction() as db:

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -65,8 +65,15 @@ class StudyWorker:
         *,
         on_triaged: TriagedHook | None = None,
         slot: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+        deliver_to: Collection[str] = (),
+        deliver_after_s: float = 0.0,
     ) -> None:
+        """``deliver_to``: destinations each result is scheduled to with the result itself
+        (``StudyStore.finish_study``), due ``deliver_after_s`` later unless ``on_triaged``
+        makes them due sooner."""
         self.store = store
+        self.deliver_to = tuple(deliver_to)
+        self.deliver_after_s = deliver_after_s
         self.pipeline = TriagePipeline(backend)
         self.settings = settings
         self.metrics = metrics
@@ -150,6 +157,8 @@ class StudyWorker:
                 model=model,
                 result_json=result.model_dump_json() if result is not None else None,
                 error=error,
+                deliver_to=self.deliver_to,
+                deliver_after_s=self.deliver_after_s,
             )
         )
         outcome = "triaged" if error is None else error[0]

@@ -187,3 +187,42 @@ def test_a_delivery_to_a_destination_not_configured_here_waits_for_a_process_tha
     assert old.deliver_next("w2") and old.deliver_next("w2")
     record = store.get_study(uid)
     assert record is not None and {d.attempts for d in record.deliveries} == {1}
+
+
+def test_a_process_that_dies_before_building_the_outputs_leaves_them_to_a_delivery_loop(
+    store: StudyStore,
+    settings: Settings,
+    backend: InferenceBackend,
+    triaged: TriagedStudy,
+) -> None:
+    """The deliveries are recorded with the result (one transaction); the hook that builds the
+    outputs never ran (the process was killed), so the first delivery attempt builds them from
+    the stored result and instances, and the study is not left triaged and never sent."""
+    for path, ds in zip(triaged.files, triaged.evidence, strict=True):
+        ref = InstanceRef(
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, CT_STORAGE_SOP_CLASSES[0]
+        )
+        store.add_instance(ref, path.read_bytes(), route="dimse")
+    uid = triaged.result.study_uid
+    store.mark_complete(uid)
+    claim = store.claim_study("test", model=MODEL, quiet_s=600, lease_s=60, max_attempts=3)
+    assert claim is not None
+    publisher = Publisher(store, backend, settings, GatewayMetrics().store)
+    grace = 0.3
+    assert store.finish_study(
+        claim,
+        model=MODEL,
+        result_json=triaged.result.model_dump_json(),
+        deliver_to=tuple(publisher.destinations),
+        deliver_after_s=grace,
+    )
+    assert _deliveries(store, uid) == dict.fromkeys(publisher.destinations, DeliveryState.PENDING)
+    assert not publisher.deliver_next("w1"), "due only after the hook's grace"
+    time.sleep(grace)
+    assert publisher.deliver_next("w1")
+
+    folder = settings.data_dir / "outputs" / uid  # type: ignore[operator]
+    classes = {pydicom.dcmread(p).SOPClassUID for p in folder.glob("*.dcm")}
+    assert classes == {COMPREHENSIVE_3D_SR, SecondaryCaptureImageStorage}
+    record = store.get_study(uid)
+    assert record is not None and sorted(d.attempts for d in record.deliveries) == [0, 1]
