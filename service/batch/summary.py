@@ -28,7 +28,7 @@ def finish(
     if labels is not None:
         from service.batch.report import write_evaluation
 
-        write_evaluation(folder.path, ordered, labels)
+        write_evaluation(folder.path, ordered, labels, card.intended_use)
         outputs += ["evaluation.json", "evaluation.md"]
     summary: dict[str, Any] = {
         "model": {"name": card.name, "version": card.version},
