@@ -99,7 +99,7 @@ def triaged_row(result: TriageResult, instances: int | None, inference_ms: float
         "error_code": None,
         "error_message": None,
         "priority": result.triage.priority.value,
-        "priority_findings": " ".join(result.triage.findings),
+        "priority_findings": " ".join(result.triage.findings) or None,
     }
     row.update({f.code: f.probability for f in result.findings})
     row.update(
@@ -112,7 +112,7 @@ def triaged_row(result: TriageResult, instances: int | None, inference_ms: float
             "key_source_index": result.slices.key_source_index,
             "key_sop_instance_uid": result.slices.key_sop_instance_uid,
             "instances": instances,
-            "warnings": " | ".join(result.warnings),
+            "warnings": " | ".join(result.warnings) or None,
             "read_ms": timing.read,
             "select_ms": timing.select,
             "resample_ms": timing.resample,
