@@ -113,6 +113,7 @@ def score(
         batch_size=batch_size,
         shard=chosen,
         retry_failed=retry_failed,
+        ingest_timeout_s=settings.ingest_timeout_s,
     )
     bar = _Progress(enabled=progress)
     try:
@@ -123,8 +124,8 @@ def score(
         raise typer.Exit(code=2) from None
     except BatchAbortedError as exc:
         sys.stderr.write(
-            f"stopped: the backend failed ({exc}); {runner.stats.scored} studies were scored "
-            f"and journaled. Run the same command again to continue.\n"
+            f"stopped: {exc}; {runner.stats.scored} studies were scored and journaled. Run the "
+            "same command again to continue.\n"
         )
         raise typer.Exit(code=1) from None
     except KeyboardInterrupt:

@@ -42,7 +42,7 @@ from service.batch.sources import (
     list_locators,
     study_uids_of,
 )
-from service.errors import HeadCTError
+from service.errors import HeadCTError, IngestTimeoutError
 from service.ingest import IngestResult
 from service.pipeline import TriagePipeline, read_study
 from service.preprocess import ModelGrid
@@ -54,7 +54,8 @@ SCAN_CHUNK = 256  # files per scan task
 
 
 class BatchAbortedError(RuntimeError):
-    """The run cannot go on (the backend failed); what is journaled stays."""
+    """The run cannot go on (the backend failed, the source cannot be listed); what is
+    journaled stays."""
 
 
 @dataclass
@@ -78,8 +79,23 @@ def _worker_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, context, initializer=_ignore_interrupts)
 
 
-def ingest_job(job: StudyJob, grid: ModelGrid) -> Ingested:
-    """One study through the pipeline's ingest, in a worker process."""
+class _Deadline:
+    """The pipeline's checkpoint for one study: past ``timeout_s`` of reading, stop it."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.until = time.monotonic() + timeout_s
+
+    def __call__(self) -> None:
+        if time.monotonic() > self.until:
+            raise IngestTimeoutError(
+                f"Reading the study took longer than {self.timeout_s:g} s; it was stopped."
+            )
+
+
+def ingest_job(job: StudyJob, grid: ModelGrid, timeout_s: float) -> Ingested:
+    """One study through the pipeline's ingest, in a worker process, within ``timeout_s``
+    (``HEADCT_INGEST_TIMEOUT_S``, counted once its instances are at hand)."""
     try:
         sources = job.sources()
     except Exception as exc:  # a server or archive failing: not the text, it may quote headers
@@ -87,7 +103,7 @@ def ingest_job(job: StudyJob, grid: ModelGrid) -> Ingested:
             job, error=(RETRIEVE_FAILED, f"The study could not be read ({type(exc).__name__}).")
         )
     try:
-        result = read_study(sources, grid)
+        result = read_study(sources, grid, _Deadline(timeout_s))
     except HeadCTError as exc:
         return Ingested(job, error=(exc.code, exc.message))
     result.drop_pixel_data()
@@ -145,6 +161,7 @@ class BatchRunner:
         batch_size: int = 4,
         shard: Shard = Shard(),  # frozen: one shared default is safe
         retry_failed: bool = False,
+        ingest_timeout_s: float = 30.0,
     ) -> None:
         if workers < 1 or batch_size < 1:
             raise ValueError("workers and batch_size must be at least 1")
@@ -155,6 +172,8 @@ class BatchRunner:
         self.batch_size = batch_size
         self.shard = shard
         self.retry_failed = retry_failed
+        self.ingest_timeout_s = ingest_timeout_s
+        self.grid = self.card.grid.to_model_grid()
         self.stats = RunStats()
         self.rows: dict[str, Row] = {}
 
@@ -192,7 +211,12 @@ class BatchRunner:
         """The source's studies in this shard; folders and zips scanned by the workers."""
         began = time.perf_counter()
         if dicomweb_url:
-            jobs = dicomweb_studies(dicomweb_url)
+            try:
+                jobs = dicomweb_studies(dicomweb_url)
+            except Exception as exc:  # the server's answer, not a header: safe to show
+                raise BatchAbortedError(
+                    f"cannot list the studies of {dicomweb_url}: {exc}"
+                ) from None
         else:
             locators: list[Locator] = list_locators(paths)
             found: list[tuple[Locator, str]] = []
@@ -236,8 +260,8 @@ class BatchRunner:
     def _submit(
         self, in_flight: dict[Future[Ingested], tuple[StudyJob, int]], job: StudyJob, attempt: int
     ) -> None:
-        grid = self.card.grid.to_model_grid()
-        in_flight[self._pool.submit(ingest_job, job, grid)] = (job, attempt)
+        future = self._pool.submit(ingest_job, job, self.grid, self.ingest_timeout_s)
+        in_flight[future] = (job, attempt)
 
     def _collect(
         self,
@@ -299,7 +323,7 @@ class BatchRunner:
         try:
             results = self.pipeline.run_batch(ingests)
         except HeadCTError as exc:
-            raise BatchAbortedError(f"{exc.code}: {exc.message}") from None
+            raise BatchAbortedError(f"the backend failed ({exc.code}: {exc.message})") from None
         inference_ms = results[0].timing_ms.inference / len(results)
         self.stats.stage_s["inference"] += results[0].timing_ms.inference / 1e3
         self.stats.stage_s["postprocess"] += sum(r.timing_ms.postprocess for r in results) / 1e3

@@ -14,10 +14,13 @@ from typing import Any
 
 import pytest
 
+from service.backends.onnx import OnnxBackend
 from service.batch.merge import MergeError, merge_shards
 from service.batch.results import ResultsFolder, ResultsFolderError, Row, manifest
+from service.batch.runner import BatchAbortedError, BatchRunner
 from service.batch.sources import Shard
-from testing.onnx_fixture import FixtureModel
+from service.pipeline import TriagePipeline
+from testing.onnx_fixture import MODEL_NAME, FixtureModel
 from tests.batch.conftest import STUDIES, Score
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,3 +171,27 @@ def test_shards_merged_equal_the_unsharded_run(
     # a shard merged twice is refused
     with pytest.raises(MergeError, match="both shard"):
         merge_shards([tmp_path / "shards", tmp_path / "shards" / "shard-0"], tmp_path / "twice")
+
+
+def test_a_failing_backend_stops_the_run_and_the_next_run_scores_everything(
+    fixture_model: FixtureModel, archive: Path, backend: Any, tmp_path: Path
+) -> None:
+    broken = OnnxBackend(fixture_model.repository / MODEL_NAME, intra_op_threads=1)
+    broken.close()  # loaded, card readable, but it refuses to infer: as a backend gone away
+    folder = ResultsFolder(tmp_path / "out")
+    runner = BatchRunner(TriagePipeline(broken), folder, workers=1)
+    with pytest.raises(BatchAbortedError, match="backend_unavailable"):
+        runner.run([archive])
+    assert folder.load_rows() == {}
+    rows = BatchRunner(TriagePipeline(backend), folder, workers=1).run([archive])
+    assert len(rows) == STUDIES and {r["status"] for r in rows.values()} == {"triaged"}
+
+
+def test_a_study_too_costly_to_read_is_stopped_at_the_ingest_deadline(
+    backend: Any, study_folders: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = ResultsFolder(tmp_path / "out")
+    uid, study = next(iter(study_folders.items()))
+    runner = BatchRunner(TriagePipeline(backend), folder, workers=1, ingest_timeout_s=0.0)
+    rows = runner.run([study])
+    assert (rows[uid]["status"], rows[uid]["error_code"]) == ("failed", "ingest_timeout")
