@@ -52,8 +52,12 @@ def _server_cpu_s(pid: int | None) -> float:
     """CPU seconds of a server process that runs beside the measured one (Triton), so far."""
     if pid is None:
         return 0.0
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system + times.children_user + times.children_system)
+    server = psutil.Process(pid)
+    total = 0.0
+    for process in (server, *server.children(recursive=True)):  # the python-backend stubs
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def _batch(

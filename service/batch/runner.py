@@ -117,6 +117,7 @@ class RunStats:
     found: int = 0  # studies in the source (this shard)
     already_done: int = 0  # skipped: journaled by an earlier run
     scored: int = 0
+    batches: int = 0  # backend calls
     scan_s: float = 0.0
     wall_s: float = 0.0
     stage_s: dict[str, float] = field(
@@ -133,6 +134,7 @@ class RunStats:
             "found": self.found,
             "already_done": self.already_done,
             "scored": self.scored,
+            "batches": self.batches,
             "workers": workers,
             "batch_size": batch_size,
             "scan_s": round(self.scan_s, 3),
@@ -324,6 +326,7 @@ class BatchRunner:
             results = self.pipeline.run_batch(ingests)
         except HeadCTError as exc:
             raise BatchAbortedError(f"the backend failed ({exc.code}: {exc.message})") from None
+        self.stats.batches += 1
         inference_ms = results[0].timing_ms.inference / len(results)
         self.stats.stage_s["inference"] += results[0].timing_ms.inference / 1e3
         self.stats.stage_s["postprocess"] += sum(r.timing_ms.postprocess for r in results) / 1e3
