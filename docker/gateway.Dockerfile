@@ -6,11 +6,18 @@
 # Build from the repository root:
 #   docker build -f docker/gateway.Dockerfile --target runtime  -t headct-gateway:0.1.0 .
 #   docker build -f docker/gateway.Dockerfile --target embedded -t headct-gateway:0.1.0-embedded .
+#   docker build -f docker/gateway.Dockerfile --target runtime --build-arg HEADCT_EXTRAS=batch \
+#       -t headct-batch:0.1.0-batch .
+#             the runtime image with the `batch` extra (pyarrow), for headct batch writing Parquet
+#             (k8s/components/batch); the gateway images leave pyarrow out (their 450 MB budget) and
+#             their headct batch writes CSV only
 # (podman build: add --format docker, or podman drops the HEALTHCHECK from its default OCI format)
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# Extras of the package to install besides its core: "" for the gateway, "batch" for the batch image
+ARG HEADCT_EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
@@ -22,7 +29,7 @@ COPY service/ service/
 # The `postgres` extra (psycopg, about 13 MB) lets replicas share a study store on PostgreSQL
 # (HEADCT_STORE_URL; k8s/components/pacs).
 RUN /opt/venv/bin/pip install --upgrade pip \
-    && /opt/venv/bin/pip install ".[postgres]" \
+    && /opt/venv/bin/pip install ".[postgres${HEADCT_EXTRAS:+,$HEADCT_EXTRAS}]" \
     && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
 # The images copy only /opt/venv from here: leave out what the gateway never runs (the installers,
 # the packages' own test suites, onnxruntime's model conversion and quantization tools).

@@ -1,8 +1,9 @@
 """The ``headct`` command line. The serving commands (``inspect``, ``serve``, ``listen``,
-``triage``) live here; ``main``, the console script, adds the training commands (``training.cli``)
-when the training package is importable, so a gateway-only install (the gateway image has no
-``training/``) still has a complete ``headct``. Heavy imports (onnxruntime, uvicorn, httpx2,
-pynetdicom) happen inside the commands that need them."""
+``triage``, and ``batch`` from ``service.batch.cli``) live here; ``main``, the console script, adds
+the training commands (``training.cli``) when the training package is importable, so a
+gateway-only install (the gateway image has no ``training/``) still has a complete ``headct``.
+Heavy imports (onnxruntime, uvicorn, httpx2, pynetdicom) happen inside the commands that need
+them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from service.batch.cli import batch_app
 from service.errors import IngestError
 from service.ingest import ingest_study
 from service.preprocess import ModelGrid
@@ -29,6 +31,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+app.add_typer(batch_app, name="batch")
 
 NO_TRAINING_COMMANDS = (
     "This install has the serving commands only. The training commands (synth, train, evaluate, "

@@ -31,6 +31,13 @@ class IngestResult:
         """Files left out, then what ordering the slices noticed (gaps, tilt, duplicates)."""
         return [*self.skipped, *self.stack.warnings]
 
+    def drop_pixel_data(self) -> None:
+        """Let the source pixels go once they are on the grid (``volume``): the result then
+        carries headers only, cheap to hand from a worker process to the one that infers."""
+        for dataset in {id(s.dataset): s.dataset for s in self.stack.series.slices}.values():
+            if "PixelData" in dataset:
+                del dataset.PixelData
+
     def describe(self) -> dict[str, Any]:
         """A JSON-able account: series found, the one selected and why, the resulting grid."""
         stack, volume = self.stack, self.volume

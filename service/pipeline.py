@@ -16,7 +16,9 @@ also keeps each triaged study's model-grid volume for the viewer's images (``vol
 before (admitting a request, receiving an upload, storing instances) belongs to the caller, which
 says when it began (``started``) so that ``timing_ms`` covers the whole request.
 
-``run`` blocks: for the CLI, the batch scorer and the benchmarks. ``run_async`` runs the blocking
+``run`` blocks: for the CLI and the benchmarks. The batch scorer (``service.batch``) splits it:
+``read_study`` in worker processes, then ``run_batch`` on many ingested studies in one backend
+call, each study's result built exactly as ``run`` builds it. ``run_async`` runs the blocking
 stages in worker threads, so an event loop stays free, and is where a caller's limits attach:
 ``slot`` (a capacity limiter's slot, held around ingest and inference; the wait for it is the
 ``queue`` stage), ``Deadlines`` (one per stage, counted from the slot), and cancellation: ingest
@@ -27,7 +29,7 @@ client gone), so it stops its work rather than leaving a thread reading on.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,7 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+import numpy as np
 
 from service.backends.base import InferenceBackend
 from service.contract import ModelOutputs
@@ -49,6 +52,7 @@ from service.ingest import IngestResult, ingest_study
 from service.log_config import log_unexpected
 from service.model_card import ModelCard
 from service.postprocess import build_result
+from service.preprocess import ModelGrid
 from service.schemas import TriageResult
 from service.settings import Settings
 from service.viewer.volumes import RecentVolumes
@@ -76,8 +80,11 @@ class _Marks:
     inferring: float = 0.0
     inferred: float = 0.0
 
-    def result(self, card: ModelCard, ingest: IngestResult, outputs: ModelOutputs) -> TriageResult:
-        """The result, with every stage's time; postprocess and total end now."""
+    def result(
+        self, card: ModelCard, ingest: IngestResult, outputs: ModelOutputs, index: int = 0
+    ) -> TriageResult:
+        """The result of study ``index`` of the batch, with every stage's time; postprocess and
+        total end now."""
         started = self.received if self.started is None else self.started
         timing = {
             "upload": (self.received - started) * 1e3,
@@ -87,11 +94,28 @@ class _Marks:
             "postprocess": 0.0,
             "total": 0.0,
         }
-        result = build_result(card, ingest, outputs, timing)
+        result = build_result(card, ingest, outputs, timing, index)
         finished = time.perf_counter()
         result.timing_ms.postprocess = round((finished - self.inferred) * 1e3, 3)
         result.timing_ms.total = round((finished - started) * 1e3, 3)
         return result
+
+
+def read_study(
+    sources: Iterable[StudySource],
+    grid: ModelGrid,
+    checkpoint: Callable[[], None] | None = None,
+) -> IngestResult:
+    """The study on the model grid. Blocks; ``checkpoint`` as in ``ingest_study``. A library
+    failing on odd input is still bad input: it becomes ``corrupt_dicom``, and its traceback is
+    logged for us. Needs no backend, so worker processes (the batch scorer's) call it alone."""
+    try:
+        return ingest_study(sources, grid=grid, checkpoint=checkpoint)
+    except HeadCTError:
+        raise
+    except Exception as exc:
+        log_unexpected("ingest failed unexpectedly", exc)
+        raise CorruptDicomError("The study could not be decoded.") from None
 
 
 class TriagePipeline:
@@ -109,20 +133,32 @@ class TriagePipeline:
         card: ModelCard,
         checkpoint: Callable[[], None] | None = None,
     ) -> IngestResult:
-        """The study on the card's grid. Blocks; ``checkpoint`` as in ``ingest_study``. A library
-        failing on odd input is still bad input: it becomes ``corrupt_dicom``, and its traceback
-        is logged for us."""
-        try:
-            return ingest_study(sources, grid=card.grid.to_model_grid(), checkpoint=checkpoint)
-        except HeadCTError:
-            raise
-        except Exception as exc:
-            log_unexpected("ingest failed unexpectedly", exc)
-            raise CorruptDicomError("The study could not be decoded.") from None
+        """The study on the card's grid (``read_study``)."""
+        return read_study(sources, card.grid.to_model_grid(), checkpoint)
 
     def infer(self, ingest: IngestResult) -> ModelOutputs:
         """The model's outputs for one study. Blocks (onnxruntime computing, Triton answering)."""
-        return self.backend.infer(ingest.volume.hu[None])
+        return self.infer_batch([ingest])
+
+    def infer_batch(self, ingests: Sequence[IngestResult]) -> ModelOutputs:
+        """The model's outputs for studies stacked into one batch, in one backend call."""
+        return self.backend.infer(np.stack([ingest.volume.hu for ingest in ingests]))
+
+    def run_batch(self, ingests: Sequence[IngestResult]) -> list[TriageResult]:
+        """Triage studies already ingested (``read_study``), in one backend call, in this thread:
+        each study's result as ``run`` builds it. Its ``timing_ms`` counts the study's own read,
+        select and resample, the batch's inference and its postprocess (no upload, no queue)."""
+        card = self.backend.card
+        inferring = time.perf_counter()
+        outputs = self.infer_batch(ingests)
+        inferred = time.perf_counter()
+        results = []
+        for index, ingest in enumerate(ingests):
+            began = inferring - sum(ingest.timing_ms.values()) / 1e3
+            marks = _Marks(began, received=began, dequeued=began)
+            marks.inferring, marks.inferred = inferring, inferred
+            results.append(marks.result(card, ingest, outputs, index))
+        return results
 
     def run(self, sources: Iterable[StudySource], *, started: float | None = None) -> TriageResult:
         """Triage one study in this thread. ``started``: ``time.perf_counter()`` when the caller

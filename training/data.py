@@ -14,7 +14,6 @@ grid, so a changed study or grid is ingested again and nothing else is.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -26,15 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from service.errors import IngestError
-from service.findings import FINDING_CODES, NUM_FINDINGS
+from service.evaluation import read_label_rows
 from service.ingest import IngestResult, ingest_study
 from service.preprocess import ModelGrid
 
 log = logging.getLogger(__name__)
-
-
-class LabelsError(ValueError):
-    """labels.csv is missing or malformed; the message names the file, row and column."""
 
 
 @dataclass(frozen=True)
@@ -52,34 +47,11 @@ class CachedStudy:
 
 
 def read_labels(data_dir: Path) -> list[StudyRecord]:
-    """Parse ``data_dir/labels.csv``; every finding column must be present."""
-    path = data_dir / "labels.csv"
-    if not path.is_file():
-        raise LabelsError(f"{path} not found: the data folder needs a labels.csv")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        if "study_uid" not in columns:
-            raise LabelsError(f"{path}: no study_uid column")
-        missing = [code for code in FINDING_CODES if code not in columns]
-        if missing:
-            raise LabelsError(f"{path}: missing finding columns {', '.join(missing[:5])}...")
-        records = []
-        for line, row in enumerate(reader, start=2):
-            labels = np.full(NUM_FINDINGS, np.nan, dtype=np.float32)
-            for i, code in enumerate(FINDING_CODES):
-                value = (row[code] or "").strip()
-                if value == "":
-                    continue
-                if value not in ("0", "1", "0.0", "1.0"):
-                    raise LabelsError(f"{path}:{line}: {code} is {value!r}, not 0, 1 or blank")
-                labels[i] = float(value)
-            uid = row["study_uid"].strip()
-            study_path = data_dir / (row.get("path") or uid)
-            records.append(StudyRecord(uid, study_path, labels, (row.get("patient_id") or "")))
-    if not records:
-        raise LabelsError(f"{path} has no studies")
-    return records
+    """Parse ``data_dir/labels.csv`` (``service.evaluation.read_label_rows``)."""
+    return [
+        StudyRecord(uid, data_dir / (row.get("path") or uid), labels, row.get("patient_id") or "")
+        for uid, row, labels in read_label_rows(data_dir / "labels.csv")
+    ]
 
 
 def _fingerprint(study: Path, grid: ModelGrid) -> str:

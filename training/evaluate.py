@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from service.evaluation import resampled_auc
 from service.findings import FINDING_CODES, FINDINGS, NUM_FINDINGS, Category
 
 # The paper's Figure 2 strata: excellent, good, and below 0.80.
@@ -127,27 +128,6 @@ def macro_auc(p: Predictions, findings: Sequence[str] | None = None) -> float:
         [aucs[code] for code in findings] if findings is not None else list(aucs.values())
     )
     return float("nan") if mean is None else mean
-
-
-def resampled_auc(scores: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """AUC of each resample of one finding, given how often each study was drawn.
-
-    ``counts`` is [B, N]: a resample holding study i ``counts[b, i]`` times has the
-    Mann-Whitney AUC of the weighted pairs, ties counting one half, computed here per tie group
-    of scores so that B resamples cost a few array passes. NaN where a resample lacks a class.
-    """
-    order = np.argsort(scores, kind="stable")
-    sorted_scores = scores[order]
-    positive = labels[order] == 1.0
-    weights = counts[:, order].astype(np.float64)
-    group_starts = np.flatnonzero(np.r_[True, np.diff(sorted_scores) != 0])
-    pos = np.add.reduceat(np.where(positive, weights, 0.0), group_starts, axis=1)
-    neg = np.add.reduceat(np.where(positive, 0.0, weights), group_starts, axis=1)
-    neg_below = np.cumsum(neg, axis=1) - neg
-    wins = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
-    pairs = pos.sum(axis=1) * neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pairs > 0, wins / pairs, np.nan)
 
 
 def bootstrap_macro_auc(p: Predictions, n: int = 1000, seed: int = 0) -> tuple[float, float]:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from service.evaluation import wilson_interval
 from service.findings import FINDINGS, TriageClass
 from training.thresholds import Method, ThresholdChoice
 
@@ -38,19 +39,6 @@ PRIORITY_SENSITIVITY = {"critical": 0.95, "urgent": 0.90}
 ROUTINE_FALSE_POSITIVE_RATE = 0.02
 # Candidate per-finding false-positive rates, from one in ten thousand to all.
 _RATES = np.unique(np.concatenate([np.geomspace(1e-4, 1.0, 400), [1.0]]))
-
-
-def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score 95% interval of a proportion (sensible at 0 and at 1, unlike Wald's)."""
-    if trials == 0:
-        return (float("nan"), float("nan"))
-    p = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == trials else min(1.0, centre + half)
-    return (low, high)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ DASHBOARDS_DIR = DOCKER / "grafana" / "dashboards"
 PROVISIONING_DIR = DOCKER / "grafana" / "provisioning"
 ADAPTER_VALUES = K8S / "monitoring" / "prometheus-adapter-values.yaml"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
-OVERLAYS = ("gpu", "cpu", "cpu-pacs")
+OVERLAYS = ("gpu", "cpu", "cpu-pacs", "batch")
 
 
 def tool(name: str, install: str) -> str:

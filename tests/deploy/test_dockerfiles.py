@@ -121,6 +121,22 @@ def test_gateway_image(target: str) -> None:
     assert ("model_repository" in copies) == (target == "embedded")
 
 
+def test_only_the_batch_image_installs_an_extra_and_it_is_pyarrow_alone() -> None:
+    """The gateway images stay under their size budget: the build installs the `batch` extra
+    (pyarrow, for Parquet) only when HEADCT_EXTRAS asks, as the batch image's build does."""
+    build = stages(DOCKER / "gateway.Dockerfile")["build"]
+    (extras,) = [i.arguments for i in build.all("ARG") if i.arguments.startswith("HEADCT_EXTRAS")]
+    assert extras == 'HEADCT_EXTRAS=""'
+    runs = " ".join(i.arguments for i in build.all("RUN"))
+    assert '".${HEADCT_EXTRAS:+[$HEADCT_EXTRAS]}"' in runs
+    optional = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert [Requirement(r).name for r in optional["optional-dependencies"]["batch"]] == ["pyarrow"]
+    text = (DOCKER / "gateway.Dockerfile").read_text()
+    assert "--build-arg HEADCT_EXTRAS=batch" in text and "headct-batch:0.1.0-batch" in text
+    job = (REPO_ROOT / "k8s" / "components" / "batch" / "kustomization.yaml").read_text()
+    assert "name: headct-batch\n    newTag: 0.1.0-batch" in job
+
+
 def test_gateway_image_builds_the_serving_package_alone() -> None:
     """No training/: `headct` lives in service.cli (tests/deploy/test_wheel.py installs exactly
     this build and runs it)."""
@@ -146,6 +162,8 @@ def test_package_builds_get_the_files_pyproject_names(dockerfile: Path) -> None:
     [
         ("gateway.Dockerfile", "base/gateway/deployment.yaml"),
         ("triton.Dockerfile", "components/triton/deployment.yaml"),
+        ("gateway.Dockerfile", "components/batch/job.yaml"),
+        ("gateway.Dockerfile", "components/batch/merge-job.yaml"),
     ],
 )
 def test_image_user_matches_the_kubernetes_manifest(image: str, manifest: str) -> None:

@@ -1,7 +1,8 @@
 """k8s/: each overlay renders with kustomize, passes ``kubernetes-validate --strict`` (the custom
 resources against the Prometheus Operator's CRD schemas), and is wired together: selectors match
-pods, probes and ports line up, pods meet the restricted Pod Security Standard, only the
-gateway reaches Triton, and the PACS component's listener shares the gateway's study store."""
+pods, probes and ports line up, pods meet the restricted Pod Security Standard, only the gateway
+(and, in the batch overlay, the batch pods) reaches Triton, the PACS component's listener shares
+the gateway's study store, and the batch Jobs' shards, command lines and volumes agree."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
 }
 CLUSTER_SCOPED = {"Namespace"}
+TRITON_OVERLAYS = ("gpu", "batch")
 NAMESPACE = "headct"
 
 Docs = list[dict[str, Any]]
@@ -119,7 +121,8 @@ def test_everything_lives_in_the_headct_namespace(manifests: dict[str, Docs], ov
 def test_pods_meet_the_restricted_pod_security_standard(
     manifests: dict[str, Docs], overlay: str
 ) -> None:
-    for deployment in resources(manifests[overlay], "Deployment"):
+    docs = manifests[overlay]
+    for deployment in [*resources(docs, "Deployment"), *resources(docs, "Job")]:
         pod = _pod(deployment)
         name = deployment["metadata"]["name"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
@@ -193,7 +196,12 @@ def _service_monitor_targets(docs: Docs, name: str) -> tuple[dict[str, Any], set
 def test_service_monitors_select_named_ports(manifests: dict[str, Docs], overlay: str) -> None:
     docs = manifests[overlay]
     names = {m["metadata"]["name"] for m in resources(docs, "ServiceMonitor")}
-    others = {"gpu": {"headct-triton"}, "cpu": set(), "cpu-pacs": {"headct-listener"}}
+    others = {
+        "gpu": {"headct-triton"},
+        "cpu": set(),
+        "cpu-pacs": {"headct-listener"},
+        "batch": {"headct-triton"},
+    }
     assert names == {"headct-gateway"} | others[overlay]
     for name in names:
         monitor, ports = _service_monitor_targets(docs, name)
@@ -247,10 +255,15 @@ def test_cpu_overlay_is_the_gateway_alone(manifests: dict[str, Docs], tmp_path: 
     validate_settings(settings, tmp_path)
 
 
-def test_only_the_gateway_reaches_triton(manifests: dict[str, Docs]) -> None:
-    docs = manifests["gpu"]
+@pytest.mark.parametrize("overlay", TRITON_OVERLAYS)
+def test_only_the_gateway_and_batch_pods_reach_triton(
+    manifests: dict[str, Docs], overlay: str
+) -> None:
+    docs = manifests[overlay]
     triton = one(docs, "Deployment", "headct-triton")
-    gateway_labels = _labels(one(docs, "Deployment", "headct-gateway"))
+    clients = [_labels(one(docs, "Deployment", "headct-gateway"))]
+    if overlay == "batch":
+        clients.append(_labels(one(docs, "Job", "headct-batch")))
     (policy,) = resources(docs, "NetworkPolicy")
     spec = policy["spec"]
     assert _selects(spec["podSelector"]["matchLabels"], _labels(triton))
@@ -263,8 +276,10 @@ def test_only_the_gateway_reaches_triton(manifests: dict[str, Docs]) -> None:
         if ports & inference_ports:
             for peer in rule["from"]:
                 assert set(peer) == {"podSelector"}, "inference ports: same-namespace pods only"
-                assert _selects(peer["podSelector"]["matchLabels"], gateway_labels)
                 assert not _selects(peer["podSelector"]["matchLabels"], other_pod)
+            for labels in clients:
+                assert any(_selects(p["podSelector"]["matchLabels"], labels) for p in rule["from"])
+            assert len(rule["from"]) == len(clients)
         else:
             assert ports == {"metrics"}, "only the metrics port is open to anyone else"
             for peer in rule["from"]:
@@ -321,3 +336,78 @@ def test_pacs_listener_shares_the_gateways_store(
     service_ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
     assert service_ports["dicom"] == (104, "dicom"), "PACS send to the well-known DICOM port"
     validate_settings({**settings, "HEADCT_LISTEN_METRICS_PORT": str(ports["metrics"])}, tmp_path)
+
+
+def _parses(command: list[str]) -> None:
+    """``headct batch ...`` as the container runs it parses with the real command line (an option
+    renamed in the CLI but not here fails)."""
+    import typer
+
+    from service.batch.cli import batch_app
+
+    assert command[:2] == ["headct", "batch"]
+    group = typer.main.get_command(batch_app)
+    context = group.make_context("batch", command[2:])
+    name, sub, rest = group.resolve_command(context, [*context._protected_args, *context.args])
+    assert sub is not None and name in ("score", "merge")
+    sub.make_context(str(name), rest, parent=context)
+
+
+def test_batch_overlay_shards_the_archive_against_triton_and_merges(
+    manifests: dict[str, Docs], tmp_path: Path
+) -> None:
+    docs = manifests["batch"]
+    job = one(docs, "Job", "headct-batch")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    shards = spec["completions"]
+    assert spec["parallelism"] == shards
+    container = _container(job, "batch")
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SHARD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    )
+    args = container["args"]
+    assert args[args.index("--shard") + 1] == f"$(SHARD_INDEX)/{shards}"
+    assert args[args.index("--out") + 1] == "/results/shard-$(SHARD_INDEX)"
+    expanded = [
+        a.replace("$(SHARD_INDEX)", "0").replace("$(BATCH_SOURCE)", "/archive") for a in args
+    ]
+    _parses(expanded)
+
+    settings: dict[str, str] = one(docs, "ConfigMap", _batch_config(job))["data"]
+    assert settings["HEADCT_BACKEND"] == "triton"
+    service = one(docs, "Service", "headct-triton")
+    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    assert settings["HEADCT_TRITON_URL"] == f"{service['metadata']['name']}:{ports['http']}"
+    assert not unknown_settings(settings)
+    validate_settings(settings, tmp_path)
+    assert settings["HEADCT_MODEL_NAME"] in triton_model_names()
+
+    merge = one(docs, "Job", "headct-batch-merge")
+    merge_args = _container(merge, "merge")["args"]
+    assert merge_args[:3] == ["headct", "batch", "merge"]
+    assert merge_args[merge_args.index("--expect") + 1] == str(shards)
+    _parses(merge_args)
+
+    def claims(pod_owner: dict[str, Any], name: str) -> dict[str, str]:
+        volumes = {v["name"]: v for v in _pod(pod_owner)["volumes"]}
+        mounts = _container(pod_owner, name)["volumeMounts"]
+        return {
+            m["mountPath"]: volumes[m["name"]]["persistentVolumeClaim"]["claimName"]
+            for m in mounts
+            if "persistentVolumeClaim" in volumes[m["name"]]
+        }
+
+    scoring, merging = claims(job, "batch"), claims(merge, "merge")
+    assert scoring["/results"] == merging["/results"]
+    results = one(docs, "PersistentVolumeClaim", scoring["/results"])
+    assert results["spec"]["accessModes"] == ["ReadWriteMany"], "shards on several nodes write"
+    archive = one(docs, "PersistentVolumeClaim", scoring["/archive"])
+    assert archive["spec"]["accessModes"] == ["ReadOnlyMany"]
+    assert settings["BATCH_SOURCE"] == "/archive"
+
+
+def _batch_config(job: dict[str, Any]) -> str:
+    (ref,) = [e["configMapRef"]["name"] for e in _container(job, "batch")["envFrom"]]
+    return str(ref)

@@ -116,7 +116,7 @@ def test_help_lists_the_serving_commands_and_how_to_get_the_training_ones(
     result = _run(installed, "headct", "--help")
     assert result.returncode == 0, result.stderr
     commands = re.findall(r"^│ (\w+) ", result.stdout, re.MULTILINE)
-    assert commands == ["inspect", "serve", "listen", "triage"], result.stdout
+    assert commands == ["inspect", "serve", "listen", "triage", "batch"], result.stdout
     assert "pip install -e '.[train]'" in " ".join(result.stdout.split())
 
 
