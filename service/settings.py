@@ -262,7 +262,10 @@ class Settings(BaseSettings):
                 "HEADCT_STORE_URL is set without HEADCT_DATA_DIR: the store keeps its instance "
                 "files in the data folder; set HEADCT_DATA_DIR too"
             )
-        if self.study_lease_s <= self.ingest_timeout_s + self.inference_timeout_s:
+        if (
+            self.data_dir is not None
+            and self.study_lease_s <= self.ingest_timeout_s + self.inference_timeout_s
+        ):
             raise ValueError(
                 f"HEADCT_STUDY_LEASE_S ({self.study_lease_s:g}) must be longer than "
                 "HEADCT_INGEST_TIMEOUT_S + HEADCT_INFERENCE_TIMEOUT_S "

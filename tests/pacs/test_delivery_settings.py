@@ -4,6 +4,7 @@ with a sentence), the calling AE title, and the retry policy's backoff."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -154,3 +155,15 @@ def test_every_delivery_outcome_is_exported_from_the_start() -> None:
                 f'headct_pacs_deliveries_total{{destination_kind="{kind}",outcome="{outcome}"}} 0.0'
                 in exposition
             )
+
+
+def test_the_study_lease_must_outlast_a_triage_only_where_there_is_a_store(
+    tmp_path: Path,
+) -> None:
+    """A lease shorter than the ingest and inference deadlines would let a second worker take a
+    study still being triaged; without a store (the gateway alone, headct batch) it means
+    nothing and is not checked."""
+    short = {"study_lease_s": 60, "ingest_timeout_s": 30, "inference_timeout_s": 120}
+    assert Settings(**short).study_lease_s == 60
+    with pytest.raises(ValidationError, match="HEADCT_STUDY_LEASE_S"):
+        Settings(data_dir=tmp_path, **short)
