@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from service.batch.cli import batch_app
+from service.cli_options import BackendOption, ModelRepositoryOption, TritonUrlOption
 from service.errors import IngestError
 from service.ingest import ingest_study
 from service.preprocess import ModelGrid
@@ -157,15 +158,9 @@ def _local_backend(model_repository: Path | None) -> InferenceBackend:
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8080,
-    backend: Annotated[
-        str | None, typer.Option(help="onnx (embedded) or triton; default HEADCT_BACKEND.")
-    ] = None,
-    model_repository: Annotated[
-        Path | None, typer.Option(help="Model repository; default HEADCT_MODEL_REPOSITORY.")
-    ] = None,
-    triton_url: Annotated[
-        str | None, typer.Option(help="Triton host:port; default HEADCT_TRITON_URL.")
-    ] = None,
+    backend: BackendOption = None,
+    model_repository: ModelRepositoryOption = None,
+    triton_url: TritonUrlOption = None,
 ) -> None:
     """Run the gateway (uvicorn). Other settings come from HEADCT_* environment variables."""
     settings = _settings(backend=backend, model_repository=model_repository, triton_url=triton_url)
@@ -206,15 +201,9 @@ def listen(
     data_dir: Annotated[
         Path | None, typer.Option(help="The study store's folder; default HEADCT_DATA_DIR.")
     ] = None,
-    backend: Annotated[
-        str | None, typer.Option(help="onnx (embedded) or triton; default HEADCT_BACKEND.")
-    ] = None,
-    model_repository: Annotated[
-        Path | None, typer.Option(help="Model repository; default HEADCT_MODEL_REPOSITORY.")
-    ] = None,
-    triton_url: Annotated[
-        str | None, typer.Option(help="Triton host:port; default HEADCT_TRITON_URL.")
-    ] = None,
+    backend: BackendOption = None,
+    model_repository: ModelRepositoryOption = None,
+    triton_url: TritonUrlOption = None,
 ) -> None:
     """Receive studies by DICOM C-STORE into the study store and triage each once it is complete
     (no instance for HEADCT_STUDY_QUIET_S). Other settings come from HEADCT_* variables."""

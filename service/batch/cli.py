@@ -11,6 +11,7 @@ import typer
 from typer.core import TyperGroup
 
 from service.batch.sources import DICOMWEB_PREFIX, Shard
+from service.cli_options import BackendOption, ModelRepositoryOption, TritonUrlOption
 
 SCORE = "score"
 
@@ -66,15 +67,9 @@ def score(
         bool, typer.Option(help="Score again the studies an earlier run recorded as failed.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
-    backend: Annotated[
-        str | None, typer.Option(help="onnx (embedded) or triton; default HEADCT_BACKEND.")
-    ] = None,
-    model_repository: Annotated[
-        Path | None, typer.Option(help="Model repository; default HEADCT_MODEL_REPOSITORY.")
-    ] = None,
-    triton_url: Annotated[
-        str | None, typer.Option(help="Triton host:port; default HEADCT_TRITON_URL.")
-    ] = None,
+    backend: BackendOption = None,
+    model_repository: ModelRepositoryOption = None,
+    triton_url: TritonUrlOption = None,
     model_name: Annotated[
         str | None, typer.Option(help="The model to run; default HEADCT_MODEL_NAME.")
     ] = None,
