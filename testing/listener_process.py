@@ -4,9 +4,7 @@ on the same port and data folder)."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +13,7 @@ from pathlib import Path
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from testing.gateway_process import free_port
+from testing.gateway_process import free_port, served_process
 
 
 @dataclass(frozen=True)
@@ -59,28 +57,16 @@ def listener_process(
     """Run ``command`` (``headct listen`` and its options; ``--port`` is added) until the block
     ends; ready once a C-ECHO from ``calling_ae`` succeeds. Appends to ``log``."""
     port = port or free_port()
-    with log.open("ab") as stderr:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)],
-            cwd=cwd,
-            env=dict(env),
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not echo(port, called_ae=ae_title, calling_ae=calling_ae):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise ListenerStartError(
-                    f"the listener did not start ({' '.join(command)}):\n{log.read_text()}"
-                )
-            time.sleep(0.2)
+    with served_process(
+        command,
+        port=port,
+        ready=lambda: echo(port, called_ae=ae_title, calling_ae=calling_ae),
+        log=log,
+        env=env,
+        cwd=cwd,
+        timeout_s=timeout_s,
+        poll_s=0.2,
+        what="listener",
+        error=ListenerStartError,
+    ) as process:
         yield ListenerProcess(port, ae_title, process, log)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
