@@ -333,8 +333,14 @@ def test_progress_shows_while_uploading_and_while_the_server_works(
         seen: list[tuple[str, str | None]] = []
 
         def watch(d: Chrome) -> bool:
-            bar = d.find_element(By.ID, "progress-bar")
-            seen.append((d.find_element(By.ID, "progress-text").text, bar.get_attribute("value")))
+            # Text and value read in one script: two reads could straddle the page's switch from
+            # uploading to working (the bar reset between them, as seen once in CI).
+            text, value = d.execute_script(
+                "const bar = document.getElementById('progress-bar');"
+                "return [document.getElementById('progress-text').innerText,"
+                " bar.getAttribute('value')];"
+            )
+            seen.append((text, value))
             if len(seen) == 5:
                 d.save_screenshot(str(screenshots / "02-uploading.png"))
             return _mark_count(d, "headct:banner") == 1
