@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     )
     onnx_intra_op_threads: int = Field(0, ge=0, description="0: onnxruntime's default.")
     onnx_inter_op_threads: int = Field(0, ge=0, description="0: onnxruntime's default.")
+    onnx_spinning: bool = Field(
+        True,
+        description="Let onnxruntime's idle threads spin (lowest latency); off leaves the CPU to "
+        "other work between calls (batch scoring sets it off for its decode workers).",
+    )
     triton_url: str = Field("localhost:8000", description="host:port of Triton's HTTP endpoint.")
 
     max_upload_bytes: int = Field(1024 * MIB, ge=1, description="Largest request body.")

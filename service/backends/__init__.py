@@ -26,4 +26,5 @@ def create_backend(settings: Settings) -> InferenceBackend:
         version=settings.model_version,
         intra_op_threads=settings.onnx_intra_op_threads,
         inter_op_threads=settings.onnx_inter_op_threads,
+        spinning=settings.onnx_spinning,
     )

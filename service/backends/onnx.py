@@ -84,6 +84,7 @@ class OnnxBackend:
         version: int | None = None,
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
+        spinning: bool = True,
     ) -> None:
         folder = model_folder / str(version) if version else newest_version(model_folder)
         path = folder / MODEL_FILENAME
@@ -92,6 +93,10 @@ class OnnxBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
+        if not spinning:
+            # Idle pool threads sleep instead of spinning, so they leave the cores to other work.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self._session = ort.InferenceSession(

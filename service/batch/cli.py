@@ -53,7 +53,12 @@ def score(
     out: Annotated[Path, typer.Option(help="Results folder; run again with it to resume.")],
     workers: Annotated[int, typer.Option(min=1, help="Worker processes reading studies.")] = 2,
     batch_size: Annotated[
-        int, typer.Option(min=1, help="Studies per inference call (Triton: its max_batch_size).")
+        int,
+        typer.Option(
+            min=1,
+            help="Studies per inference call (Triton: its max_batch_size). The embedded CPU "
+            "backend runs one study per call in each worker instead: batching does not pay there.",
+        ),
     ] = 4,
     shard: Annotated[
         str | None,
@@ -80,7 +85,7 @@ def score(
     with the same --out to continue."""
     from service.backends import create_backend
     from service.batch.results import ResultsFolder, ResultsFolderError
-    from service.batch.runner import BatchAbortedError, BatchRunner
+    from service.batch.runner import BatchAbortedError, BatchRunner, embedded_worker_settings
     from service.batch.summary import finish
     from service.cli import _settings
     from service.errors import HeadCTError
@@ -109,6 +114,7 @@ def score(
         shard=chosen,
         retry_failed=retry_failed,
         ingest_timeout_s=settings.ingest_timeout_s,
+        worker_settings=embedded_worker_settings(settings, model, workers),
     )
     bar = _Progress(enabled=progress)
     try:

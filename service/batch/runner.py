@@ -6,14 +6,24 @@
 
 The workers decode the next studies while this process waits on the backend, so decode and
 inference overlap; at most ``workers * 2 + batch_size`` studies are in flight, which bounds memory
-whatever the archive's size. A study that cannot be triaged becomes a failed row with its error
-code and the run goes on; a backend that fails stops the run (every later study would fail the
-same way): what is journaled stays, and running again continues from there.
+whatever the archive's size.
+
+On a CPU-only embedded backend the model runs in the workers instead (``worker_settings``): each
+worker reads a study and infers it with its own onnxruntime session, one thread each, so one
+worker decodes while another infers and the cores never wait on each other. Batching studies
+does not pay on a CPU (onnxruntime's time per study grows with the batch: measured in
+``bench/batch.py``), and a single session fed by decode workers left a core idle whenever it
+waited on a decode, or made both fight when it had two threads.
+
+A study that cannot be triaged becomes a failed row with its error code and the run goes on; a
+backend that fails stops the run (every later study would fail the same way): what is journaled
+stays, and running again continues from there.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +56,8 @@ from service.errors import HeadCTError, IngestTimeoutError
 from service.ingest import IngestResult
 from service.pipeline import TriagePipeline, read_study
 from service.preprocess import ModelGrid
+from service.schemas import TriageResult
+from service.settings import Settings
 
 # Error codes of batch rows that no HTTP request can produce (the others are service.errors').
 RETRIEVE_FAILED = "retrieve_failed"  # the study's instances could not be fetched or opened
@@ -66,17 +78,34 @@ class Ingested:
     ingest: IngestResult | None = None
     error: tuple[str, str] | None = None
     timing_ms: dict[str, float] = field(default_factory=dict)
+    result: TriageResult | None = None  # inferred in the worker (``worker_settings``)
+    backend_error: str | None = None  # the worker's backend failed: the run stops
 
 
-def _ignore_interrupts() -> None:
-    """Workers leave Ctrl-C to the parent, which stops them in order."""
+# A worker's own pipeline when the model runs in the workers, or why it could not be made.
+_worker_pipeline: TriagePipeline | None = None
+_worker_backend_error: str | None = None
+
+
+def _init_worker(settings: Settings | None) -> None:
+    """Workers leave Ctrl-C to the parent, which stops them in order; with ``settings``, each
+    loads its own backend (a failure is kept and answered, so the run stops saying why)."""
+    global _worker_pipeline, _worker_backend_error
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if settings is None:
+        return
+    from service.backends import create_backend
+
+    try:
+        _worker_pipeline = TriagePipeline(create_backend(settings))
+    except HeadCTError as exc:
+        _worker_backend_error = f"{exc.code}: {exc.message}"
 
 
-def _worker_pool(workers: int) -> ProcessPoolExecutor:
+def _worker_pool(workers: int, settings: Settings | None = None) -> ProcessPoolExecutor:
     # spawn: no fork of a process that runs onnxruntime's threads
     context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(workers, context, initializer=_ignore_interrupts)
+    return ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(settings,))
 
 
 class _Deadline:
@@ -108,6 +137,22 @@ def ingest_job(job: StudyJob, grid: ModelGrid, timeout_s: float) -> Ingested:
         return Ingested(job, error=(exc.code, exc.message))
     result.drop_pixel_data()
     return Ingested(job, ingest=result, timing_ms=dict(result.timing_ms))
+
+
+def score_job(job: StudyJob, grid: ModelGrid, timeout_s: float) -> Ingested:
+    """``ingest_job``, then the worker's own backend on the study: the answer carries the
+    result, not the volume."""
+    if _worker_pipeline is None:
+        return Ingested(job, backend_error=_worker_backend_error or "no backend in the worker")
+    answer = ingest_job(job, grid, timeout_s)
+    if answer.ingest is None:
+        return answer
+    try:
+        answer.result = _worker_pipeline.run_batch([answer.ingest])[0]
+    except HeadCTError as exc:
+        answer.backend_error = f"{exc.code}: {exc.message}"
+    answer.ingest = None
+    return answer
 
 
 @dataclass
@@ -164,10 +209,15 @@ class BatchRunner:
         shard: Shard = Shard(),  # frozen: one shared default is safe
         retry_failed: bool = False,
         ingest_timeout_s: float = 30.0,
+        worker_settings: Settings | None = None,
     ) -> None:
+        """``worker_settings``: each worker loads the backend they name and infers its own
+        studies (``batch_size`` then does not apply); ``pipeline``'s backend only gives the
+        card, which the workers' must match (``embedded_worker_settings``)."""
         if workers < 1 or batch_size < 1:
             raise ValueError("workers and batch_size must be at least 1")
         self.pipeline = pipeline
+        self.worker_settings = worker_settings
         self.card = pipeline.backend.card
         self.folder = folder
         self.workers = workers
@@ -192,7 +242,7 @@ class BatchRunner:
         started = time.perf_counter()
         self.folder.claim(manifest(self.card, str(self.shard)))
         self.rows = self.folder.load_rows()
-        self._pool = _worker_pool(self.workers)
+        self._pool = _worker_pool(self.workers, self.worker_settings)
         try:
             jobs = self._studies(paths, dicomweb_url)
             todo = [job for job in jobs if not self._done(job.study_uid)]
@@ -233,7 +283,7 @@ class BatchRunner:
         queue = list(reversed(todo))  # pop() takes them in order
         in_flight: dict[Future[Ingested], tuple[StudyJob, int]] = {}
         ready: list[Ingested] = []
-        failed: list[Row] = []
+        finished: list[Row] = []  # rows to journal now: failed studies, and those workers inferred
         depth = self.workers * 2 + self.batch_size
         while queue or in_flight or ready:
             while queue and len(in_flight) + len(ready) < depth:
@@ -244,13 +294,13 @@ class BatchRunner:
                 self.stats.waiting_for_ingest_s += time.perf_counter() - waited
                 for future in done:
                     if future in in_flight:  # not already resubmitted after a worker died
-                        self._collect(future, in_flight, ready, failed)
-            # A full batch, or the last studies; failed rows are journaled without waiting.
+                        self._collect(future, in_flight, ready, finished)
+            # A full batch, or the last studies; finished rows are journaled without waiting.
             full = len(ready) >= self.batch_size or not in_flight
             batch, ready = (
                 (ready[: self.batch_size], ready[self.batch_size :]) if full else ([], ready)
             )
-            rows, failed = failed + self._infer(batch), []
+            rows, finished = finished + self._infer(batch), []
             if rows:
                 began = time.perf_counter()
                 self.folder.append(rows)
@@ -262,7 +312,8 @@ class BatchRunner:
     def _submit(
         self, in_flight: dict[Future[Ingested], tuple[StudyJob, int]], job: StudyJob, attempt: int
     ) -> None:
-        future = self._pool.submit(ingest_job, job, self.grid, self.ingest_timeout_s)
+        work = score_job if self.worker_settings is not None else ingest_job
+        future = self._pool.submit(work, job, self.grid, self.ingest_timeout_s)
         in_flight[future] = (job, attempt)
 
     def _collect(
@@ -270,20 +321,27 @@ class BatchRunner:
         future: Future[Ingested],
         in_flight: dict[Future[Ingested], tuple[StudyJob, int]],
         ready: list[Ingested],
-        failed: list[Row],
+        finished: list[Row],
     ) -> None:
         job, attempt = in_flight.pop(future)
         try:
             answer = future.result()
         except BrokenProcessPool:
-            self._restart_workers(in_flight, [(job, attempt)], failed)
+            self._restart_workers(in_flight, [(job, attempt)], finished)
             return
+        if answer.backend_error is not None:
+            raise BatchAbortedError(f"the backend failed ({answer.backend_error})")
         self._count_ingest(answer)
+        if answer.result is not None:
+            self._count_inference([answer.result])
+            inference_ms = answer.result.timing_ms.inference
+            finished.append(triaged_row(answer.result, job.instances, inference_ms))
+            return
         if answer.ingest is not None:
             ready.append(answer)
             return
         code, message = answer.error or (RETRIEVE_FAILED, "")
-        failed.append(
+        finished.append(
             failed_row(job.study_uid, code, message, self.card, job.instances, answer.timing_ms)
         )
 
@@ -299,7 +357,7 @@ class BatchRunner:
         lost = [*lost, *in_flight.values()]
         in_flight.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = _worker_pool(self.workers)
+        self._pool = _worker_pool(self.workers, self.worker_settings)
         for job, attempt in lost:
             if attempt < 2:
                 self._submit(in_flight, job, attempt + 1)
@@ -326,11 +384,36 @@ class BatchRunner:
             results = self.pipeline.run_batch(ingests)
         except HeadCTError as exc:
             raise BatchAbortedError(f"the backend failed ({exc.code}: {exc.message})") from None
-        self.stats.batches += 1
+        self._count_inference(results)
         inference_ms = results[0].timing_ms.inference / len(results)
-        self.stats.stage_s["inference"] += results[0].timing_ms.inference / 1e3
-        self.stats.stage_s["postprocess"] += sum(r.timing_ms.postprocess for r in results) / 1e3
         return [
             triaged_row(result, answer.job.instances, inference_ms)
             for result, answer in zip(results, batch, strict=True)
         ]
+
+    def _count_inference(self, results: list[TriageResult]) -> None:
+        """One backend call's time (the batch's, counted once) and each study's postprocess."""
+        self.stats.batches += 1
+        self.stats.stage_s["inference"] += results[0].timing_ms.inference / 1e3
+        self.stats.stage_s["postprocess"] += sum(r.timing_ms.postprocess for r in results) / 1e3
+
+
+def embedded_worker_settings(settings: Settings, backend: object, workers: int) -> Settings | None:
+    """The settings for workers that each run the model (``BatchRunner``'s ``worker_settings``):
+    for an embedded backend on the CPU only, pinned to the version ``backend`` loaded, with the
+    cores shared among the workers (unless ``HEADCT_ONNX_INTRA_OP_THREADS`` says otherwise) and
+    idle threads that sleep. None (one backend in this process, batched) for Triton and for an
+    onnxruntime session on a GPU, where batching pays."""
+    from service.backends.onnx import CPU_PROVIDER, OnnxBackend
+
+    if not isinstance(backend, OnnxBackend) or backend.providers != [CPU_PROVIDER]:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = settings.onnx_intra_op_threads or max(1, (cores or 1) // workers)
+    return settings.model_copy(
+        update={
+            "model_version": int(backend.path.parent.name),
+            "onnx_intra_op_threads": threads,
+            "onnx_spinning": False,
+        }
+    )

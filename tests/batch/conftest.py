@@ -18,6 +18,7 @@ from service.batch.sources import Shard
 from service.batch.summary import finish
 from service.pipeline import TriagePipeline
 from service.schemas import TriageResult
+from service.settings import Settings
 from synth import SynthOptions
 from synth.study import synthesize
 from testing.onnx_fixture import MODEL_NAME, FixtureModel, write_fixture_repository
@@ -36,6 +37,14 @@ def backend(fixture_model: FixtureModel) -> Iterator[OnnxBackend]:
     model = OnnxBackend(fixture_model.repository / MODEL_NAME, intra_op_threads=1)
     yield model
     model.close()
+
+
+@pytest.fixture(scope="session")
+def settings(fixture_model: FixtureModel) -> Settings:
+    """The settings ``headct batch`` would run the fixture model with."""
+    return Settings(
+        backend="onnx", model_repository=fixture_model.repository, model_name=MODEL_NAME
+    )
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +84,7 @@ def score(backend: OnnxBackend) -> Score:
         batch_size: int = 4,
         labels: Path | None = None,
         retry_failed: bool = False,
+        worker_settings: Settings | None = None,
     ) -> tuple[dict[str, Row], dict[str, Any]]:
         assert out is not None
         folder = ResultsFolder(out)
@@ -85,6 +95,7 @@ def score(backend: OnnxBackend) -> Score:
             batch_size=batch_size,
             shard=shard,
             retry_failed=retry_failed,
+            worker_settings=worker_settings,
         )
         rows = runner.run(sources, dicomweb_url)
         summary = finish(

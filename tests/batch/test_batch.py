@@ -16,10 +16,14 @@ import pydicom
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from service.backends.onnx import OnnxBackend
 from service.batch.results import Columns, ResultsFolder, Row, read_csv
+from service.batch.runner import BatchAbortedError, BatchRunner, embedded_worker_settings
 from service.findings import FINDING_CODES, FINDINGS
+from service.pipeline import TriagePipeline
 from service.schemas import TriageResult
-from tests.batch.conftest import Score, copy_files
+from service.settings import Settings
+from tests.batch.conftest import STUDIES, Score, copy_files
 
 
 def assert_row_is_the_result(row: Row, result: TriageResult) -> None:
@@ -82,6 +86,45 @@ def test_a_mixed_tree_and_zips_score_as_the_gateway_does(
     scan = summary["this_run"]["scan"]
     assert scan["not_dicom"] == 1 and scan["unreadable"] == 0  # notes.txt; the dotfile ignored
     assert summary["this_run"]["scored"] == 6
+
+
+def test_workers_that_run_the_model_themselves_score_as_the_gateway_does(
+    score: Score,
+    backend: OnnxBackend,
+    settings: Settings,
+    study_folders: dict[str, Path],
+    reference: dict[str, TriageResult],
+    tmp_path: Path,
+) -> None:
+    """The embedded CPU path of ``headct batch``: each worker loads the model pinned to the
+    version this process loaded, one thread each, and infers its own studies."""
+    worker_settings = embedded_worker_settings(settings, backend, workers=2)
+    assert worker_settings is not None
+    assert worker_settings.model_version == backend.card.version
+    assert worker_settings.onnx_intra_op_threads >= 1 and not worker_settings.onnx_spinning
+    tree, alone = _mixed_tree(tmp_path, study_folders)
+    rows, summary = score(
+        [tree, alone], tmp_path / "out", workers=2, worker_settings=worker_settings
+    )
+    assert set(rows) == set(reference)
+    for uid, result in reference.items():
+        assert_row_is_the_result(rows[uid], result)
+    run = summary["this_run"]
+    assert run["batches"] == STUDIES  # one study per call, in the workers
+    assert run["stage_s"]["inference"] > 0
+
+
+def test_workers_whose_model_cannot_load_stop_the_run_saying_why(
+    backend: OnnxBackend, settings: Settings, archive: Path, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty_repository"
+    (empty / settings.model_name).mkdir(parents=True)
+    broken = settings.model_copy(update={"model_repository": empty, "model_version": 1})
+    folder = ResultsFolder(tmp_path / "out")
+    runner = BatchRunner(TriagePipeline(backend), folder, workers=1, worker_settings=broken)
+    with pytest.raises(BatchAbortedError, match="the backend failed"):
+        runner.run([archive])
+    assert folder.load_rows() == {}
 
 
 def test_parquet_and_csv_hold_the_same_rows(
