@@ -173,6 +173,10 @@ class PretrainConfig:
     buffer_studies: int = field(
         default=24, metadata={"help": "Studies in the shuffle buffer slices are drawn from."}
     )
+    shift_px: int = field(
+        default=0,
+        metadata={"help": "Random in-plane shift of each batch, up to this many grid pixels."},
+    )
     lr: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
     warmup_steps: int = field(default=500, metadata={"help": "Linear warm-up steps."})

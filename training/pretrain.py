@@ -170,6 +170,18 @@ class StudyStream:
             self.pool.join()
 
 
+def augment(hu: torch.Tensor, rng: np.random.Generator, shift_px: int) -> torch.Tensor:
+    """A batch of slices [N, H, W], mirrored left-right half the time (findings are lateralised
+    either way) and, with ``shift_px``, rolled by up to that many pixels in each direction (heads
+    sit anywhere in the field of view: where a lesion lies in the slice is no cue)."""
+    if rng.random() < 0.5:
+        hu = hu.flip(-1)
+    if shift_px:
+        dy, dx = (int(v) for v in rng.integers(-shift_px, shift_px + 1, 2))
+        hu = torch.roll(hu, (dy, dx), dims=(-2, -1))
+    return hu
+
+
 def _schedule(step: int, config: PretrainConfig) -> float:
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
@@ -374,8 +386,7 @@ def pretrain(
             chosen = list(zip(studies, slices, strict=True))
             hu = torch.from_numpy(np.stack([buffer[s].hu[d] for s, d in chosen]))
             targets = torch.from_numpy(np.stack([buffer[s].targets[d] for s, d in chosen])).float()
-            if rng.random() < 0.5:
-                hu = hu.flip(-1)  # left-right: findings are lateralised either way
+            hu = augment(hu, rng, config.shift_px)
             finding_logits, position_logits = model(hu)
             loss = F.binary_cross_entropy_with_logits(
                 finding_logits, targets, pos_weight=pos_weight

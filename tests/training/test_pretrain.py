@@ -105,3 +105,24 @@ def test_a_ceiling_run_can_be_extended_with_more_steps(tmp_path: Path) -> None:
     pretrain(longer, max_seconds=0)  # resumed: one more step, then out of time
     assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 2
     assert [row["step"] for row in _curve(tmp_path)] == [1, 2]
+
+
+def test_augment_mirrors_and_shifts_by_at_most_shift_px() -> None:
+    from training.pretrain import augment
+
+    hu = torch.zeros(2, 32, 32, dtype=torch.int16)
+    hu[:, 10, 20] = 1000  # one bright pixel
+    moves = set()
+    for seed in range(40):
+        out = augment(hu, np.random.default_rng(seed), 3)
+        assert out.shape == hu.shape and int(out.sum()) == int(hu.sum())  # rolled, not cropped
+        y, x = (int(v) for v in torch.nonzero(out[0])[0])
+        mirrored = abs(x - 20) > 3
+        assert abs(y - 10) <= 3 and abs((31 - x if mirrored else x) - 20) <= 3
+        moves.add((y, x))
+    assert len(moves) > 5  # it does move
+    still = {
+        tuple(torch.nonzero(augment(hu, np.random.default_rng(s), 0)[0])[0].tolist())
+        for s in range(20)
+    }
+    assert still == {(10, 20), (10, 11)}  # shift 0: only the mirror
