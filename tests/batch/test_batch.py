@@ -114,6 +114,13 @@ def test_workers_that_run_the_model_themselves_score_as_the_gateway_does(
     assert run["stage_s"]["inference"] > 0
 
 
+def test_triton_keeps_one_backend_in_the_scoring_process_and_batches(settings: Settings) -> None:
+    from service.backends.triton import TritonBackend
+
+    triton = TritonBackend("127.0.0.1:9", "headct_molre")  # lazy: nothing is contacted
+    assert embedded_worker_settings(settings, triton, workers=2) is None
+
+
 def test_workers_whose_model_cannot_load_stop_the_run_saying_why(
     backend: OnnxBackend, settings: Settings, archive: Path, tmp_path: Path
 ) -> None:
