@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.contract import AdapterKind, HUWindow
-from service.findings import FINDINGS
+from service.findings import FINDINGS, Finding
 from service.preprocess import ModelGrid
 
 CARD_METADATA_KEY = "headct_model_card"
@@ -37,6 +37,18 @@ class CardFinding(_Strict):
     critical: bool
     triage: Literal["critical", "urgent", "none"]
     threshold: float = Field(ge=0.0, le=1.0, description="Operating threshold on the probability.")
+
+    @classmethod
+    def of(cls, finding: Finding, threshold: float) -> CardFinding:
+        """The card's entry for one of the 75 findings, at ``threshold``."""
+        return cls(
+            code=finding.code,
+            name=finding.name,
+            category=finding.category.value,
+            critical=finding.critical,
+            triage=finding.triage.value,
+            threshold=threshold,
+        )
 
 
 class CardGrid(_Strict):

@@ -55,15 +55,7 @@ def fixture_card(depth: int, height: int, width: int, experts: int, version: int
         grid=CardGrid(depth=depth, height=height, width=width),
         windows=list(DEFAULT_WINDOWS),
         findings=[
-            CardFinding(
-                code=f.code,
-                name=f.name,
-                category=f.category.value,
-                critical=f.critical,
-                triage=f.triage.value,
-                threshold=round(float(t), 3),
-            )
-            for f, t in zip(FINDINGS, thresholds, strict=True)
+            CardFinding.of(f, round(float(t), 3)) for f, t in zip(FINDINGS, thresholds, strict=True)
         ],
         router_reference=[round(1.0 / experts, 4)] * experts,
         provenance=CardProvenance(

@@ -284,14 +284,7 @@ def build_card(
         grid=CardGrid(depth=d, height=h, width=w),
         windows=list(model.windows),
         findings=[
-            CardFinding(
-                code=f.code,
-                name=f.name,
-                category=f.category.value,
-                critical=f.critical,
-                triage=f.triage.value,
-                threshold=choice.threshold,
-            )
+            CardFinding.of(f, choice.threshold)
             for f, choice in zip(FINDINGS, thresholds, strict=True)
         ],
         router_reference=router,
