@@ -28,16 +28,14 @@ from service.api.deps import (
     UploadLimiterDep,
 )
 from service.api.routes.studies import StudyUID
-from service.api.routes.triage import PROBLEM_RESPONSES, body_chunks, upload_limits
+from service.api.routes.triage import PROBLEM_RESPONSES, receive_body
 from service.errors import StoreUnavailableError, UnsupportedMediaTypeError
 from service.pacs.intake import InstanceOutcome
 from service.pacs.stow import receive_parts, response_dataset
 from service.uploads import (
     DICOM_TYPE,
     RELATED,
-    check_declared_length,
     media_type,
-    receive_upload,
 )
 
 router = APIRouter(prefix="/dicomweb", dependencies=[ApiKeyDep], tags=["dicomweb"])
@@ -95,19 +93,8 @@ async def _store_instances(
     metrics: MetricsDep,
     uploads: UploadLimiterDep,
 ) -> JSONResponse:
-    content_type = request.headers.get("content-type")
-    check_stow_media_type(content_type)
-    limits = upload_limits(settings)
-    check_declared_length(request.headers.get("content-length"), limits)
-    client = request.client.host if request.client else "unknown"
-    async with uploads.receiving_from(client):
-        upload = await receive_upload(
-            content_type,
-            body_chunks(request),
-            limits,
-            spool_dir=settings.upload_dir,
-            memory_bytes=settings.spool_memory_bytes,
-        )
+    check_stow_media_type(request.headers.get("content-type"))
+    upload = await receive_body(request, settings, uploads)
     with upload:
         outcomes = await anyio.to_thread.run_sync(
             lambda: receive_parts(upload.files, store, metrics.store, study_uid=study_uid)

@@ -17,6 +17,7 @@ import anyio
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
+from service.api.capacity import UploadLimiter
 from service.api.deps import LimiterDep, MetricsDep, PipelineDep, SettingsDep, UploadLimiterDep
 from service.api.routes import versioned_router
 from service.errors import ClientDisconnectedError
@@ -24,6 +25,7 @@ from service.pipeline import Deadlines
 from service.schemas import PROBLEM_MEDIA_TYPE, Problem, TriageResult
 from service.settings import Settings
 from service.uploads import (
+    Upload,
     UploadLimits,
     check_declared_length,
     check_media_type,
@@ -92,6 +94,23 @@ def upload_limits(settings: Settings) -> UploadLimits:
     )
 
 
+async def receive_body(request: Request, settings: Settings, uploads: UploadLimiter) -> Upload:
+    """The request's body, received under the upload limits (its declared length, the client's
+    allowance of uploads at once, the deadline and the minimum rate) into memory or the spool.
+    The caller checks the media type first and closes the upload when done."""
+    limits = upload_limits(settings)
+    check_declared_length(request.headers.get("content-length"), limits)
+    client = request.client.host if request.client else "unknown"
+    async with uploads.receiving_from(client):
+        return await receive_upload(
+            request.headers.get("content-type"),
+            body_chunks(request),
+            limits,
+            spool_dir=settings.upload_dir,
+            memory_bytes=settings.spool_memory_bytes,
+        )
+
+
 async def body_chunks(request: Request) -> AsyncIterator[bytes]:
     """The request's body as it arrives; a client gone is ``ClientDisconnectedError``."""
     try:
@@ -149,18 +168,8 @@ async def triage(
     """Upload one study (a folder's DICOM files, or a zip); get the probability of each of the 75
     findings, the triage priority, the router weights and the key slice. Not for clinical use."""
     started = time.perf_counter()
-    limits = upload_limits(settings)
     check_media_type(request.headers.get("content-type"))
-    check_declared_length(request.headers.get("content-length"), limits)
-    client = request.client.host if request.client else "unknown"
-    async with uploads.receiving_from(client):
-        upload = await receive_upload(
-            request.headers.get("content-type"),
-            body_chunks(request),
-            limits,
-            spool_dir=settings.upload_dir,
-            memory_bytes=settings.spool_memory_bytes,
-        )
+    upload = await receive_body(request, settings, uploads)
     with upload:
         async with limiter.admit():
             metrics.inflight.inc()
