@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from service.backends.onnx import OnnxBackend
 from service.pipeline import TriagePipeline
 from service.settings import DEFAULT_MODEL_REPOSITORY
 from synth import SynthOptions, generate_study, write_study
+from testing.gateway_process import GatewayProcess, gateway_process
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "headct_molre"
@@ -80,45 +80,19 @@ def _triton_repository(tmp: Path) -> tuple[Path, str]:
     return tmp / "triton_repo", f"tiny DINOv2 MoLRE exported on {grid} (untrained weights)"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start_server(repository: Path, port: int, **settings: str) -> subprocess.Popen[bytes]:
-    """``headct serve`` on ``port``; ``settings`` become HEADCT_<NAME> variables."""
+@contextmanager
+def _gateway(repository: Path, log: Path, **settings: str) -> Iterator[GatewayProcess]:
+    """``headct serve`` over ``repository`` until the block ends (``testing.gateway_process``:
+    ready on /readyz, SIGTERM after); ``settings`` become HEADCT_<NAME> variables."""
     env = {
         **os.environ,
         "HEADCT_LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
         **{f"HEADCT_{k.upper()}": v for k, v in settings.items()},
     }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--model-repository",
-            str(repository),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx2.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the gateway did not become ready")
+    command = [sys.executable, "-m", "service.cli", "serve", "--model-repository", str(repository)]
+    with gateway_process(command, log=log, env=env, cwd=ROOT) as gateway:
+        yield gateway
 
 
 class RssSampler:
@@ -194,27 +168,20 @@ def _backend_comparison(
     rows: list[dict[str, Any]] = []
     with triton_server(repository, [TRITON_MODEL], log_dir=tmp) as triton:
         backends["triton"]["triton_url"] = triton.http_url
-        servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
-        try:
-            for name, settings in backends.items():
-                port = _free_port()
-                servers[name] = (
-                    _start_server(repository, port, **settings),
-                    f"http://127.0.0.1:{port}",
-                )
-            for _, url in servers.values():  # warm both paths
-                _throughput(url, parts, 1, 1)
+        with ExitStack() as stack:
+            servers = {
+                name: stack.enter_context(_gateway(repository, tmp / f"{name}.log", **settings))
+                for name, settings in backends.items()
+            }
+            for server in servers.values():  # warm both paths
+                _throughput(server.url, parts, 1, 1)
             for clients in CLIENTS:
-                for name, (server, url) in servers.items():
-                    with RssSampler(server.pid) as rss:
-                        level = _throughput(url, parts, clients, per_client)
+                for name, server in servers.items():
+                    with RssSampler(server.process.pid) as rss:
+                        level = _throughput(server.url, parts, clients, per_client)
                     rows.append(
                         {"backend": name, **level, "server_rss_peak_mb": max(rss.samples) / 2**20}
                     )
-        finally:
-            for server, _ in servers.values():
-                server.send_signal(signal.SIGTERM)
-                server.wait(timeout=30)
     info = {
         "model": label,
         "triton": "the Triton server bundled in nvidia-pytriton, python backend "
@@ -268,10 +235,8 @@ def main() -> None:
         def in_process() -> None:
             pipeline.run(files)
 
-        port = _free_port()
-        server = _start_server(repository, port)
-        url = f"http://127.0.0.1:{port}"
-        try:
+        with _gateway(repository, tmp / "gateway.log") as served:
+            server, url = served.process, served.url
             with httpx2.Client(timeout=300) as http:
 
                 def gateway() -> None:
@@ -295,9 +260,6 @@ def main() -> None:
                 level["server_rss_peak_mb"] = max(rss.samples) / 2**20
                 levels.append(level)
             peak = max(e["server_rss_peak_mb"] for e in levels) * 2**20
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
         triton_info, triton_rows = _backend_comparison(tmp, parts, args.per_client)
 
     payload = {
