@@ -6,9 +6,11 @@ onnxruntime backend and on the Triton server bundled in the nvidia-pytriton whee
 ``headct_molre_cpu``, CPU, ``HEADCT_TRITON_VENV``), and posted one by one to a real ``headct
 serve`` (embedded) by 2 client threads. Reported: studies per second, the ratio of the batch runs
 to the gateway (target >= 1.5x), where each run's time went (the summary's stage times: read,
-select, resample summed over the workers; inference and writing in the scoring process; how long
-it waited for the workers), the CPU seconds per study, and a projection to the paper's 70,000-study
-cohort on a 16-core node (an estimate, marked as one). The demo model in ``model_repository/``.
+select, resample and, on the embedded CPU path, inference summed over the workers; Triton's
+inference and the writing in the scoring process; how long it waited for the workers), the CPU
+seconds per study, the share of the machine's CPU other processes used during each run, and a
+projection to the paper's 70,000-study cohort on a 16-core node (an estimate, marked as one). The
+demo model in ``model_repository/``.
 
 Run: ``python -m bench.batch [--studies 200]``. Results go to bench/results/batch.{json,md}.
 """
