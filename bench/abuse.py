@@ -52,7 +52,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from bench.common import write_result
+from bench.common import machine_busy_s, others_share, write_result
 from bench.gateway import RssSampler, _model_repository
 from synth import SynthOptions, generate_study, write_study
 from testing.gateway_process import gateway_process
@@ -343,15 +343,12 @@ class CpuShare:
         self.start = self._sample()
 
     def _sample(self) -> tuple[float, float, float]:
-        times = psutil.cpu_times()
-        busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
         server, own = self.server.cpu_times(), self.own.cpu_times()
-        return busy, server.user + server.system, own.user + own.system
+        return machine_busy_s(), server.user + server.system, own.user + own.system
 
     def others(self) -> float:
         busy, server, own = (b - a for a, b in zip(self.start, self._sample(), strict=True))
-        capacity = (time.monotonic() - self.started) * (os.cpu_count() or 1)
-        return max(0.0, busy - server - own) / max(capacity, 1e-9)
+        return others_share(busy, server + own, time.monotonic() - self.started)
 
 
 def run(

@@ -32,7 +32,7 @@ from typing import Any
 import httpx2
 import psutil
 
-from bench.common import write_result
+from bench.common import machine_busy_s, others_share, write_result
 from service.settings import DEFAULT_MODEL_REPOSITORY
 from synth import SynthOptions
 from synth.study import synthesize
@@ -50,22 +50,9 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _busy_s() -> float:
-    """CPU seconds the whole machine has been busy (all processes), so far."""
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
-
-
 def _own_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _others_share(busy: float, measured_cpu: float, wall: float) -> float:
-    """The share of the machine's CPU that other processes used during a run: its busy time
-    less the run's own processes' and this bench's (so 0 on an idle machine)."""
-    capacity = wall * (os.cpu_count() or 1)
-    return round(max(0.0, busy - measured_cpu) / max(capacity, 1e-9), 3)
 
 
 def _server_cpu_s(pid: int | None) -> float:
@@ -102,12 +89,12 @@ def _batch(
     ]
     load = os.getloadavg()[0]
     cpu = _cpu_s() + _server_cpu_s(server)
-    busy, own = _busy_s(), _own_cpu_s()
+    busy, own = machine_busy_s(), _own_cpu_s()
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started
     run_cpu = _cpu_s() + _server_cpu_s(server) - cpu
-    others = _others_share(_busy_s() - busy, run_cpu + _own_cpu_s() - own, wall)
+    others = round(others_share(machine_busy_s() - busy, run_cpu + _own_cpu_s() - own, wall), 3)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
@@ -135,7 +122,7 @@ def _gateway(studies: list[Path], clients: int) -> dict[str, Any]:
     statuses: dict[int, int] = {}
     load = os.getloadavg()[0]
     cpu = _cpu_s()
-    busy, own, sampled = _busy_s(), _own_cpu_s(), time.perf_counter()
+    busy, own, sampled = machine_busy_s(), _own_cpu_s(), time.perf_counter()
     with (
         tempfile.TemporaryDirectory() as tmp,
         gateway_process(
@@ -170,9 +157,8 @@ def _gateway(studies: list[Path], clients: int) -> dict[str, Any]:
         wall = time.perf_counter() - started
     # counted once the gateway has exited (its CPU time joins this process's children's then)
     run_cpu = _cpu_s() - cpu
-    others = _others_share(
-        _busy_s() - busy, run_cpu + _own_cpu_s() - own, time.perf_counter() - sampled
-    )
+    elapsed = time.perf_counter() - sampled
+    others = round(others_share(machine_busy_s() - busy, run_cpu + _own_cpu_s() - own, elapsed), 3)
     return {
         "clients": clients,
         "studies": len(studies),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -12,6 +13,22 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all processes, all cores), so far."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+def others_share(busy_s: float, measured_cpu_s: float, wall_s: float) -> float:
+    """The share of the machine's CPU over ``wall_s`` that processes other than the measured
+    ones used: its busy time (``machine_busy_s`` difference) less ``measured_cpu_s``, so 0 when
+    the measured processes ran alone."""
+    capacity = wall_s * (os.cpu_count() or 1)
+    return max(0.0, busy_s - measured_cpu_s) / max(capacity, 1e-9)
 
 
 def interleaved(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
