@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.backends.base import InferenceBackend
 from service.batch.results import (
     FAILED,
     ResultsFolder,
@@ -63,6 +64,11 @@ from service.settings import Settings
 RETRIEVE_FAILED = "retrieve_failed"  # the study's instances could not be fetched or opened
 INGEST_CRASHED = "ingest_crashed"  # its worker process died twice while reading it
 SCAN_CHUNK = 256  # files per scan task
+
+
+def _failure(exc: HeadCTError) -> str:
+    """How a backend's failure is told: its code and message."""
+    return f"{exc.code}: {exc.message}"
 
 
 class BatchAbortedError(RuntimeError):
@@ -99,7 +105,7 @@ def _init_worker(settings: Settings | None) -> None:
     try:
         _worker_pipeline = TriagePipeline(create_backend(settings))
     except HeadCTError as exc:
-        _worker_backend_error = f"{exc.code}: {exc.message}"
+        _worker_backend_error = _failure(exc)
 
 
 def _worker_pool(workers: int, settings: Settings | None = None) -> ProcessPoolExecutor:
@@ -150,7 +156,7 @@ def score_job(job: StudyJob, grid: ModelGrid, timeout_s: float) -> Ingested:
     try:
         answer.result = _worker_pipeline.run_batch([answer.ingest])[0]
     except HeadCTError as exc:
-        answer.backend_error = f"{exc.code}: {exc.message}"
+        answer.backend_error = _failure(exc)
     answer.ingest = None
     return answer
 
@@ -383,7 +389,7 @@ class BatchRunner:
         try:
             results = self.pipeline.run_batch(ingests)
         except HeadCTError as exc:
-            raise BatchAbortedError(f"the backend failed ({exc.code}: {exc.message})") from None
+            raise BatchAbortedError(f"the backend failed ({_failure(exc)})") from None
         self._count_inference(results)
         inference_ms = results[0].timing_ms.inference / len(results)
         return [
@@ -398,7 +404,9 @@ class BatchRunner:
         self.stats.stage_s["postprocess"] += sum(r.timing_ms.postprocess for r in results) / 1e3
 
 
-def embedded_worker_settings(settings: Settings, backend: object, workers: int) -> Settings | None:
+def embedded_worker_settings(
+    settings: Settings, backend: InferenceBackend, workers: int
+) -> Settings | None:
     """The settings for workers that each run the model (``BatchRunner``'s ``worker_settings``):
     for an embedded backend on the CPU only, pinned to the version ``backend`` loaded, with the
     cores shared among the workers (unless ``HEADCT_ONNX_INTRA_OP_THREADS`` says otherwise) and
