@@ -161,6 +161,10 @@ class BackboneSpec:
     input_size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # DINOv2/DINOv3 slice features: the CLS token and the mean of the patch tokens, and with
+    # ``patch_max`` also their elementwise max (a small focal lesion moves a few patches: the max
+    # keeps it, the mean dilutes it by the patch count).
+    patch_max: bool = False
 
 
 def _vit(hidden: int, layers: int, heads: int, **extra: Any) -> dict[str, Any]:
@@ -223,6 +227,15 @@ REGISTRY: dict[str, BackboneSpec] = {
     # training step on 2 cores). Not pretrained yet: the committed weights are demo_vit's.
     "demo_vit_p8": BackboneSpec(
         "dinov2", _vit(128, 4, 4, mlp_ratio=2, patch_size=8, image_size=128), 128
+    ),
+    # Demo model v3's backbone: demo_vit's encoder whose slice features add the max over patch
+    # tokens to the CLS token and the patch mean (576 wide), as the ceiling's CNN pools with mean
+    # and max: pretrained alike, demo_vit trailed that CNN by about 0.1 study macro AUC.
+    "demo_vit_max": BackboneSpec(
+        "dinov2",
+        _vit(192, 6, 3, mlp_ratio=4, patch_size=16, image_size=128),
+        128,
+        patch_max=True,
     ),
     "tiny_dinov2": BackboneSpec(
         "dinov2", _vit(32, 2, 2, mlp_ratio=2, patch_size=8, image_size=32), 32
@@ -349,7 +362,8 @@ class HFSliceBackbone(nn.Module):
     """A 2D HF vision transformer applied per slice. DINOv2/DINOv3: the final-norm CLS token
     concatenated with the mean of the patch tokens (DINOv2's own linear-evaluation recipe: the
     patch mean carries the local detail a CLS token summarises away, and a small backbone trained
-    from scratch leans on it). SigLIP, which has no CLS token: the mean of the final tokens."""
+    from scratch leans on it), and where the spec says ``patch_max`` their max as well. SigLIP,
+    which has no CLS token: the mean of the final tokens."""
 
     kind: Literal["2d", "3d"] = "2d"
 
@@ -367,7 +381,9 @@ class HFSliceBackbone(nn.Module):
         self.pretrained = weights is not None
         self._prefix_tokens = 1 + int(getattr(expected, "num_register_tokens", 0) or 0)
         with_patch_mean = spec.family in ("dinov2", "dinov3")
-        self.feature_dim: int = expected.hidden_size * (2 if with_patch_mean else 1)
+        self.patch_max = with_patch_mean and spec.patch_max
+        parts = 1 + int(with_patch_mean) + int(self.patch_max)
+        self.feature_dim: int = expected.hidden_size * parts
         self.input_size = spec.input_size
         self.mean, self.std = spec.mean, spec.std
         self.default_targets = family.default_targets
@@ -406,8 +422,11 @@ class HFSliceBackbone(nn.Module):
             output = self.encoder(pixel_values=pixels, interpolate_pos_encoding=self._interpolate)
             return output.last_hidden_state.mean(dim=1)
         tokens = self.encoder(pixel_values=pixels).last_hidden_state  # final norm applied
-        patches = tokens[:, self._prefix_tokens :].mean(dim=1)
-        return torch.cat([tokens[:, 0], patches], dim=-1)
+        patches = tokens[:, self._prefix_tokens :]
+        parts = [tokens[:, 0], patches.mean(dim=1)]
+        if self.patch_max:
+            parts.append(patches.amax(dim=1))
+        return torch.cat(parts, dim=-1)
 
     def save_pretrained(self, path: Path) -> None:
         """Write the HF folder (config.json + model.safetensors) that ``weights=`` reads."""

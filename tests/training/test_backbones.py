@@ -41,6 +41,36 @@ def test_saved_checkpoint_loads_and_matches(name: str, tmp_path: Path) -> None:
     assert torch.allclose(actual, expected, atol=1e-6)
 
 
+def test_patch_max_features_keep_one_bright_patch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``patch_max`` the slice feature is [CLS, patch mean, patch max]: one outlying patch
+    token moves the max by its full value and the mean by 1/patches of it."""
+    from dataclasses import replace
+
+    monkeypatch.setitem(REGISTRY, "tiny_max", replace(REGISTRY["tiny_dinov2"], patch_max=True))
+    torch.manual_seed(0)
+    plain = create_backbone("tiny_dinov2").eval()
+    with_max = create_backbone("tiny_max", weights=None).eval()
+    with_max.encoder.load_state_dict(plain.encoder.state_dict())
+    hidden = plain.encoder.config.hidden_size
+    assert with_max.feature_dim == 3 * hidden == plain.feature_dim * 3 // 2
+    tokens = torch.zeros(1, 1 + 16, hidden)
+    tokens[0, 5] = 8.0  # one patch token
+
+    class Encoder(torch.nn.Module):
+        def forward(self, pixel_values: torch.Tensor) -> object:
+            return type("Out", (), {"last_hidden_state": tokens})()
+
+    trained_encoder = with_max.encoder
+    with_max.encoder = Encoder()
+    features = with_max(torch.zeros(1, 3, 32, 32))[0]
+    with_max.encoder = trained_encoder
+    assert torch.allclose(features[hidden : 2 * hidden], torch.full((hidden,), 0.5))
+    assert torch.allclose(features[2 * hidden :], torch.full((hidden,), 8.0))
+    pixels = _input("tiny_dinov2")
+    with torch.no_grad():  # the same encoder: the first two parts are the plain features
+        assert torch.allclose(with_max(pixels)[:, : 2 * hidden], plain(pixels), atol=1e-6)
+
+
 def test_checkpoint_of_another_family_is_rejected(tmp_path: Path) -> None:
     create_backbone("tiny_dinov2").save_pretrained(tmp_path)
     with pytest.raises(BackboneWeightsError, match=str(tmp_path)) as error:
