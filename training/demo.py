@@ -94,6 +94,8 @@ class DemoSizes:
     # Steps of a backbone pretrained here by ``headct pretrain`` (QUICK); 0 uses ``weights``.
     pretrain_steps: int = 0
     pretrain_backbone: str = BACKBONE
+    # The registered backbone the committed ``weights`` belong to (when pretrain_steps is 0).
+    backbone: str = BACKBONE
     lr: float = 2e-3
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -174,7 +176,7 @@ def _train_arm(
     config = TrainConfig(
         data=str(data),
         out=str(out),
-        backbone=sizes.pretrain_backbone if sizes.pretrain_steps else BACKBONE,
+        backbone=sizes.pretrain_backbone if sizes.pretrain_steps else sizes.backbone,
         weights=str(weights),
         adapter=settings.pop("adapter"),
         molre=MoLREConfig(**settings.pop("molre", {})),
@@ -405,6 +407,7 @@ def run_demo(
     ceiling: Path | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
+    model = _model_name(repository)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     folders = _synthesize(out, sizes)
     stages: dict[str, float] = {"synthesize_s": time.perf_counter() - started}
@@ -438,7 +441,7 @@ def run_demo(
         [test[a][0].predictions for a in order],
         report,
         bootstrap=sizes.bootstrap,
-        title="Demo model v2 on synthetic head CT phantoms: MoLRE vs LoRA vs linear probe",
+        title=f"{model} on synthetic head CT phantoms: MoLRE vs LoRA vs linear probe",
         notes=SYNTHETIC_NOTE,
     )
     comparison = fair_comparison(
@@ -453,11 +456,12 @@ def run_demo(
 
     export = None
     if repository is not None and "molre" in runs:
-        export = _export(runs["molre"][sizes.seeds[0]], repository, folders, sizes)
+        export = _export(runs["molre"][sizes.seeds[0]], repository, folders, sizes, weights)
         stages["export_s"] = time.perf_counter() - tick - stages["evaluate_s"]
     stages["total_s"] = time.perf_counter() - started
 
     summary = {
+        "model": model,
         "three_way": _arm_table(metrics, summaries, runs, sizes.seeds[0]),
         "fair_comparison": comparison,
         "triage": triage,
@@ -478,8 +482,24 @@ def run_demo(
     return summary
 
 
+def _shown(path: Path) -> str:
+    """A path as the card shows it: relative to the working folder when it lies under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _model_name(repository: Path | None) -> str:
+    """ "Demo model vN", N the version the export will write (one above the newest there)."""
+    if repository is None:
+        return "Demo model (not exported)"
+    versions = [int(p.name) for p in (repository / "headct_molre").glob("*") if p.name.isdigit()]
+    return f"Demo model v{max(versions, default=0) + 1}"
+
+
 def _export(
-    run: Path, repository: Path, folders: dict[str, Path], sizes: DemoSizes
+    run: Path, repository: Path, folders: dict[str, Path], sizes: DemoSizes, weights: Path
 ) -> dict[str, Any]:
     from training.export import export_run
 
@@ -495,8 +515,8 @@ def _export(
             f"{sizes.task_studies} synthetic phantom studies from `headct synth` (seed 22, "
             f"findings {sizes.task_prevalence_scale:g}x clinical prevalence); operating points "
             f"on {sizes.calibration_studies} more at clinical prevalence (seed 44); backbone "
-            "demo_vit pretrained on streamed phantoms (training/weights/demo_vit); not patient "
-            "data"
+            f"{sizes.backbone} pretrained on streamed phantoms ({_shown(weights)}); "
+            "not patient data"
         ),
     )
     # The repository keeps the new version only: older demo versions leave with it. (The CPU
@@ -555,7 +575,7 @@ def _ci(values: Any) -> str:
 def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None) -> str:
     comparison = summary["fair_comparison"]
     lines = [
-        "# Demo model v2: MoLRE, LoRA and a linear probe on a pretrained stand-in backbone",
+        f"# {summary['model']}: MoLRE, LoRA and a linear probe on a pretrained stand-in backbone",
         "",
         f"> **{SYNTHETIC_NOTE}**",
         "",
@@ -692,6 +712,9 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=Path("bench/results/demo_model"))
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument(
+        "--backbone", default=BACKBONE, help="The registered backbone --weights belong to."
+    )
+    parser.add_argument(
         "--ceiling", type=Path, default=Path("bench/results/demo_model/ceiling.json")
     )
     parser.add_argument(
@@ -704,7 +727,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     sizes = QUICK if args.quick else DemoSizes()
-    sizes = replace(sizes, seeds=tuple(range(args.seeds)), arms=tuple(args.arms.split(",")))
+    sizes = replace(
+        sizes,
+        seeds=tuple(range(args.seeds)),
+        arms=tuple(args.arms.split(",")),
+        backbone=args.backbone,
+    )
     if args.epochs:
         sizes = replace(sizes, adapter_epochs=args.epochs)
     summary = run_demo(

@@ -45,6 +45,9 @@ def test_quick_demo_pipeline(tmp_path: Path) -> None:
     assert any(p.name.startswith("radar_molre_vs_lora") for p in report.glob("*.png"))
     text = (report / "three_way.md").read_text()
     assert "not for clinical use" in text and "Paired bootstrap" in text
+    # The report names the version the export wrote (one above the newest in the repository).
+    assert summary["model"] == "Demo model v2" and text.startswith("# Demo model v2:")
+    assert summary["export"]["version"] == 2
 
     # The backbone was pretrained by `headct pretrain` and exported with its card.
     card = json.loads((tmp_path / "work/backbone/pretraining.json").read_text())
