@@ -324,7 +324,7 @@ def pretrain(
     if state is not None:
         offset = int(state.get("schedule_offset", 0))
     elif init_from is not None:
-        step = offset = _warm_start(model, config, Path(init_from))
+        step = offset = _warm_start(model, config, Path(init_from), out)
         card = json.loads((Path(init_from) / "pretraining.json").read_text())
         consumed = int(card["studies_seen"])
         log.info("continuing %s from step %d (%d studies consumed)", init_from, step, consumed)
@@ -430,24 +430,39 @@ def pretrain(
     return result
 
 
-def _warm_start(model: SlicePretrainer, config: PretrainConfig, folder: Path) -> int:
-    """Load an exported backbone and its heads into ``model``; returns its step count."""
+CONTINUED_FROM = "continued_from.json"
+
+
+def _warm_start(model: SlicePretrainer, config: PretrainConfig, folder: Path, out: Path) -> int:
+    """Load an exported backbone and its heads into ``model``; returns its step count.
+
+    The findings, grid, prevalence and seed must be the ones it was pretrained with. The data
+    recipe (source matrix, buffer, shift, schedule) may change, and so may the registered
+    backbone when its encoder is the same (``demo_vit`` into ``demo_vit_max``): a head whose
+    width no longer matches the slice features starts afresh. What the folder was made with is
+    kept in ``out/continued_from.json`` for the exported card."""
     from safetensors.torch import load_file
 
     card = json.loads((folder / "pretraining.json").read_text())
     recorded = PretrainConfig.from_dict(card["config"])
-    for name in ("backbone", "findings", "grid", "source_matrix", "prevalence_scale", "seed"):
+    for name in ("findings", "grid", "prevalence_scale", "seed"):
         if getattr(recorded, name) != getattr(config, name):
             raise ValueError(f"{folder} was pretrained with another {name}; cannot continue it")
-    encoder = create_backbone(config.backbone, weights=folder).encoder
+    encoder = create_backbone(config.backbone, weights=folder).encoder  # checks the architecture
     model.backbone.encoder.load_state_dict(encoder.state_dict())
     heads = load_file(folder / HEADS_FILENAME)
-    model.findings.load_state_dict(
-        {k[len("findings.") :]: v.float() for k, v in heads.items() if k.startswith("findings.")}
-    )
-    model.position.load_state_dict(
-        {k[len("position.") :]: v.float() for k, v in heads.items() if k.startswith("position.")}
-    )
+    for name, head in (("findings", model.findings), ("position", model.position)):
+        state = {k[len(name) + 1 :]: v.float() for k, v in heads.items() if k.startswith(name)}
+        if state["weight"].shape == head.weight.shape:
+            head.load_state_dict(state)
+        else:
+            log.info(
+                "%s head starts afresh: the slice features are now %d wide", name, head.in_features
+            )
+    history = card.get("continued_from", [])
+    earlier = {k: card[k] for k in ("backbone", "steps", "studies_seen", "validation_curve")}
+    earlier["config"] = card["config"]
+    (out / CONTINUED_FROM).write_text(json.dumps([*history, earlier], indent=1) + "\n")
     return int(card["steps"])
 
 
@@ -484,6 +499,7 @@ def export_weights(run: Path, folder: Path, *, half: bool = True) -> dict[str, A
         encoder = encoder.half()
     encoder.save_pretrained(folder)
     last = curve[-1] if curve else {}
+    history = Path(run) / CONTINUED_FROM
     card = {
         "backbone": config.backbone,
         "synthetic": True,
@@ -496,14 +512,27 @@ def export_weights(run: Path, folder: Path, *, half: bool = True) -> dict[str, A
         "config": asdict(config),
         "last_validation": last,
         "validation_curve": curve,
+        # The runs this one continued (--init-from), oldest first: their backbone and recipe.
+        "continued_from": json.loads(history.read_text()) if history.is_file() else [],
     }
     (folder / "pretraining.json").write_text(json.dumps(card, indent=1) + "\n")
     (folder / "PRETRAINING.md").write_text(_card_markdown(card))
     return card
 
 
+def _recipe(config: dict[str, Any]) -> str:
+    return (
+        f"generated at {config['source_matrix']} px and averaged to the "
+        f"{'x'.join(map(str, config['grid']))} grid, {config.get('buffer_studies', '?')} studies "
+        f"in the shuffle buffer with {config.get('studies_per_step', '?')} new per step, shifted "
+        f"by up to {config.get('shift_px', 0)} px, lr {config['lr']:g}, position loss weight "
+        f"{config['position_weight']:g}"
+    )
+
+
 def _card_markdown(card: dict[str, Any]) -> str:
     last = card["last_validation"]
+    history = card.get("continued_from", [])
     lines = [
         f"# `{card['backbone']}`: a stand-in foundation backbone pretrained on synthetic phantoms",
         "",
@@ -512,10 +541,16 @@ def _card_markdown(card: dict[str, Any]) -> str:
         "",
         f"- Objective: {card['objective']}.",
         f"- Data: {card['studies_seen']:,} fresh phantom studies streamed from the generator "
-        f"(prevalence x{card['config']['prevalence_scale']:g}, generated at "
-        f"{card['config']['source_matrix']} px and averaged to the "
-        f"{'x'.join(map(str, card['config']['grid']))} grid), {card['slices_seen']:,} slices in "
-        f"{card['steps']:,} steps; no study was seen twice.",
+        f"(prevalence x{card['config']['prevalence_scale']:g}), {card['slices_seen']:,} slices "
+        f"in {card['steps']:,} steps; no study came back once it left the shuffle buffer.",
+        f"- Recipe: {_recipe(card['config'])}.",
+    ]
+    for earlier in history:
+        lines.append(
+            f"- Continued from `{earlier['backbone']}` after {earlier['steps']:,} steps "
+            f"({earlier['studies_seen']:,} studies; {_recipe(earlier['config'])})."
+        )
+    lines += [
         f"- Findings with slice-level targets ({len(card['findings'])} of 75; the others are left "
         "for the adapters): " + ", ".join(f"`{c}`" for c in card["findings"]) + ".",
         f"- Stored as {card['dtype']}.",
@@ -528,12 +563,16 @@ def _card_markdown(card: dict[str, Any]) -> str:
             f"{last['study_macro_auc']:.3f}, slice position accuracy "
             f"{last['position_accuracy']:.3f}.",
             "",
-            "| step | studies seen | slice macro AUC | study macro AUC | position acc. |",
-            "|---|---|---|---|---|",
+            "| backbone | step | studies seen | slice macro AUC | study macro AUC | "
+            "position acc. |",
+            "|---|---|---|---|---|---|",
         ]
-        for row in card["validation_curve"]:
-            lines.append(
-                f"| {row['step']} | {row['studies_seen']} | {row['slice_macro_auc']:.3f} | "
-                f"{row['study_macro_auc']:.3f} | {row['position_accuracy']:.3f} |"
-            )
+        runs = [(e["backbone"], e["validation_curve"]) for e in history]
+        for backbone, curve in [*runs, (card["backbone"], card["validation_curve"])]:
+            for row in curve:
+                lines.append(
+                    f"| {backbone} | {row['step']} | {row['studies_seen']} | "
+                    f"{row['slice_macro_auc']:.3f} | {row['study_macro_auc']:.3f} | "
+                    f"{row['position_accuracy']:.3f} |"
+                )
     return "\n".join(lines) + "\n"

@@ -87,6 +87,40 @@ def test_export_is_a_weights_folder_and_another_machine_continues_from_it(
         pretrain(replace(_config(tmp_path / "third", 6), grid=(8, 64, 64)), init_from=folder)
 
 
+def test_continuing_into_a_backbone_with_the_same_encoder_and_another_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """demo_vit -> demo_vit_max in miniature: the encoder carries over, the findings head (now
+    fed 3 hidden wide, not 2) starts afresh, the position head too, and the exported card names
+    the run it continued and its recipe."""
+    from training.backbones import REGISTRY
+
+    monkeypatch.setitem(REGISTRY, "tiny_max", replace(REGISTRY["tiny_dinov2"], patch_max=True))
+    run, folder = tmp_path / "run", tmp_path / "weights"
+    pretrain(_config(run, 4))
+    export_weights(run, folder)
+    first = create_backbone("tiny_dinov2", weights=folder).encoder.state_dict()
+
+    elsewhere, again = tmp_path / "elsewhere", tmp_path / "again"
+    config = replace(_config(elsewhere, 6), backbone="tiny_max", source_matrix=32, shift_px=2)
+    # One step at lr 0 elsewhere: the encoder it holds is the one it continued.
+    pretrain(replace(config, out=str(tmp_path / "lr0"), steps=5, lr=0.0), init_from=folder)
+    continued = torch.load(tmp_path / "lr0" / "last.pt", weights_only=False)["model"]
+    for key, value in first.items():
+        assert torch.equal(continued[f"backbone.encoder.{key}"], value), key
+    assert continued["findings.weight"].shape[1] == 3 * 32
+    pretrain(config, init_from=folder)
+    card = export_weights(elsewhere, again)
+    assert card["backbone"] == "tiny_max" and card["steps"] == 6
+    [earlier] = card["continued_from"]
+    assert earlier["backbone"] == "tiny_dinov2" and earlier["steps"] == 4
+    assert earlier["config"]["source_matrix"] == 64
+    text = (again / "PRETRAINING.md").read_text()
+    assert "Continued from `tiny_dinov2` after 4 steps" in text and "| tiny_max | 6 |" in text
+    with pytest.raises(ValueError, match="seed"):
+        pretrain(replace(config, out=str(tmp_path / "third"), seed=1), init_from=folder)
+
+
 def test_a_ceiling_run_can_be_extended_with_more_steps(tmp_path: Path) -> None:
     """The ceiling's warm-up is a fixed number of steps: a larger --steps resumes the run rather
     than being refused as other settings (a warm-up of steps // 20 was 1 step, then 2)."""
