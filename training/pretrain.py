@@ -562,6 +562,16 @@ def _card_markdown(card: dict[str, Any]) -> str:
             f"macro AUC {last['slice_macro_auc']:.3f}, study macro AUC (max over slices) "
             f"{last['study_macro_auc']:.3f}, slice position accuracy "
             f"{last['position_accuracy']:.3f}.",
+        ]
+        matrices = {e["config"]["source_matrix"] for e in history}
+        if matrices - {card["config"]["source_matrix"]}:
+            lines += [
+                "",
+                "Rows of runs generated at another source matrix were validated on that "
+                "matrix's held-out studies (the same seed, rendered differently): compare "
+                "within a run.",
+            ]
+        lines += [
             "",
             "| backbone | step | studies seen | slice macro AUC | study macro AUC | "
             "position acc. |",

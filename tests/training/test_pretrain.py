@@ -117,6 +117,7 @@ def test_continuing_into_a_backbone_with_the_same_encoder_and_another_recipe(
     assert earlier["config"]["source_matrix"] == 64
     text = (again / "PRETRAINING.md").read_text()
     assert "Continued from `tiny_dinov2` after 4 steps" in text and "| tiny_max | 6 |" in text
+    assert "validated on that matrix's held-out studies" in text  # 64 px, then 32
     with pytest.raises(ValueError, match="seed"):
         pretrain(replace(config, out=str(tmp_path / "third"), seed=1), init_from=folder)
 
