@@ -494,8 +494,9 @@ def _model_name(repository: Path | None) -> str:
     """ "Demo model vN", N the version the export will write (one above the newest there)."""
     if repository is None:
         return "Demo model (not exported)"
-    versions = [int(p.name) for p in (repository / "headct_molre").glob("*") if p.name.isdigit()]
-    return f"Demo model v{max(versions, default=0) + 1}"
+    from training.repository import next_version
+
+    return f"Demo model v{next_version(repository / 'headct_molre')}"
 
 
 def _export(

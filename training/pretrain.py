@@ -324,8 +324,8 @@ def pretrain(
     if state is not None:
         offset = int(state.get("schedule_offset", 0))
     elif init_from is not None:
-        step = offset = _warm_start(model, config, Path(init_from), out)
-        card = json.loads((Path(init_from) / "pretraining.json").read_text())
+        card = _warm_start(model, config, Path(init_from), out)
+        step = offset = int(card["steps"])
         consumed = int(card["studies_seen"])
         log.info("continuing %s from step %d (%d studies consumed)", init_from, step, consumed)
     optimizer = torch.optim.AdamW(
@@ -433,8 +433,10 @@ def pretrain(
 CONTINUED_FROM = "continued_from.json"
 
 
-def _warm_start(model: SlicePretrainer, config: PretrainConfig, folder: Path, out: Path) -> int:
-    """Load an exported backbone and its heads into ``model``; returns its step count.
+def _warm_start(
+    model: SlicePretrainer, config: PretrainConfig, folder: Path, out: Path
+) -> dict[str, Any]:
+    """Load an exported backbone and its heads into ``model``; returns the folder's card.
 
     The findings, grid, prevalence and seed must be the ones it was pretrained with. The data
     recipe (source matrix, buffer, shift, schedule) may change, and so may the registered
@@ -452,7 +454,9 @@ def _warm_start(model: SlicePretrainer, config: PretrainConfig, folder: Path, ou
     model.backbone.encoder.load_state_dict(encoder.state_dict())
     heads = load_file(folder / HEADS_FILENAME)
     for name, head in (("findings", model.findings), ("position", model.position)):
-        state = {k[len(name) + 1 :]: v.float() for k, v in heads.items() if k.startswith(name)}
+        state = {
+            k[len(name) + 1 :]: v.float() for k, v in heads.items() if k.startswith(f"{name}.")
+        }
         if state["weight"].shape == head.weight.shape:
             head.load_state_dict(state)
         else:
@@ -463,7 +467,7 @@ def _warm_start(model: SlicePretrainer, config: PretrainConfig, folder: Path, ou
     earlier = {k: card[k] for k in ("backbone", "steps", "studies_seen", "validation_curve")}
     earlier["config"] = card["config"]
     (out / CONTINUED_FROM).write_text(json.dumps([*history, earlier], indent=1) + "\n")
-    return int(card["steps"])
+    return card
 
 
 def load_pretrainer(run: Path) -> tuple[SlicePretrainer, PretrainConfig]:
@@ -520,13 +524,15 @@ def export_weights(run: Path, folder: Path, *, half: bool = True) -> dict[str, A
     return card
 
 
-def _recipe(config: dict[str, Any]) -> str:
+def _recipe(recorded: dict[str, Any]) -> str:
+    """One run's data recipe and schedule, from its card (older cards lack newer settings: the
+    config fills their defaults, which is what those runs used)."""
+    config = PretrainConfig.from_dict(recorded)
     return (
-        f"generated at {config['source_matrix']} px and averaged to the "
-        f"{'x'.join(map(str, config['grid']))} grid, {config.get('buffer_studies', '?')} studies "
-        f"in the shuffle buffer with {config.get('studies_per_step', '?')} new per step, shifted "
-        f"by up to {config.get('shift_px', 0)} px, lr {config['lr']:g}, position loss weight "
-        f"{config['position_weight']:g}"
+        f"generated at {config.source_matrix} px and averaged to the "
+        f"{'x'.join(map(str, config.grid))} grid, {config.buffer_studies} studies in the shuffle "
+        f"buffer with {config.studies_per_step:g} new per step, shifted by up to "
+        f"{config.shift_px} px, lr {config.lr:g}, position loss weight {config.position_weight:g}"
     )
 
 
