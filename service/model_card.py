@@ -72,6 +72,11 @@ class CardAdapter(_Strict):
     experts: int = Field(ge=1)
     rank: int | None = None
     alpha: float | None = None
+    router: Literal["shared", "per_layer"] | None = Field(
+        default=None,
+        description="How MoLRE routes: one router per model on each slice's frozen features "
+        "(shared), or one per adapted layer; None without a router (or a card from before).",
+    )
     targets: list[str] = Field(default_factory=list)
     added_parameters: int | None = None
     added_fraction: float | None = None

@@ -29,7 +29,7 @@ from training.molre import MoLREConfig
 __all__ = ["app"]
 
 # The MoLRE fields ``headct train`` exposes, and the option names they go by.
-MOLRE_OPTIONS = ("experts", "rank", "alpha", "load_balancing_weight")
+MOLRE_OPTIONS = ("experts", "rank", "alpha", "router", "load_balancing_weight")
 MOLRE_RENAMES = {"load_balancing_weight": "load_balancing"}
 
 

@@ -9,13 +9,17 @@ serving contract: the gateway sends HU and the model owns its windows). Adapters
 
 - ``probe``: frozen backbone, train pooling and head (linear-probe baseline);
 - ``lora``: MoLRE with one expert and no router, i.e. plain LoRA;
-- ``molre``: K routed LoRA experts (Yoo et al., 2026);
+- ``molre``: K routed LoRA experts (Yoo et al., 2026). With the shared router (the default) a 2D
+  backbone runs twice per slice: once frozen (experts off, no gradient) to give the router its
+  input, the slice's foundation features, then with the experts mixed by those gates in every
+  adapted layer;
 - ``full``: everything trains (used to make the demo backbone).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,7 +32,27 @@ from service.findings import NUM_FINDINGS
 from training.backbones import SliceBackbone, create_backbone
 from training.molre import MoLREConfig
 from training.molre.injector import expert_layers, inject_molre
+from training.molre.layer import ExpertRouter
 from training.pooling import GatedAttentionPooling
+
+
+def _resolve_router(config: MoLREConfig, kind: str) -> MoLREConfig:
+    """``auto`` becomes ``shared`` on a 2D backbone and ``per_layer`` on a 3D one; a shared router
+    reads each slice's frozen features, which a 3D backbone does not give per slice."""
+    if config.router == "auto":
+        return replace(config, router="shared" if kind == "2d" else "per_layer")
+    if config.router == "shared" and kind != "2d":
+        raise ValueError(
+            "the shared router reads each slice's frozen features, which a 3D backbone does "
+            "not give per slice: use router per_layer (or auto) with a 3D backbone"
+        )
+    return config
+
+
+def is_router(name: str) -> bool:
+    """Whether a parameter or buffer name belongs to a router (the model's shared one or a
+    layer's own)."""
+    return name.startswith("router.") or ".router." in name
 
 
 class HUWindowing(nn.Module):
@@ -102,6 +126,8 @@ class HeadCTModel(nn.Module):
             raise ValueError(f"windows must be 3 (the backbone's RGB channels), not {len(windows)}")
         self.adapter = adapter
         self.molre = _adapter_config(adapter, molre)
+        if self.molre is not None:
+            self.molre = _resolve_router(self.molre, backbone.kind)
         self.windows = tuple(windows)
         self.pixels = SlicePixels(self.windows, backbone)
         self.backbone = backbone
@@ -114,6 +140,11 @@ class HeadCTModel(nn.Module):
             backbone.requires_grad_(adapter == "full")
         # A plain tuple, not registered again: the layers already live inside the backbone.
         self._expert_layers = tuple(layer for _, layer in expert_layers(backbone))
+        self.router: ExpertRouter | None = None
+        if self.molre is not None and self.molre.experts > 1 and self.molre.router == "shared":
+            self.router = ExpertRouter(
+                backbone.feature_dim, self.molre.experts, self.molre.router_temperature
+            )
         # Per-channel standardisation of slice features (running statistics at inference). A
         # frozen backbone's features vary far less between slices than their offsets, which a
         # linear head on raw features learns only slowly.
@@ -132,6 +163,7 @@ class HeadCTModel(nn.Module):
             "experts": self.experts,
             "rank": self.molre.rank if self.molre else None,
             "alpha": self.molre.alpha if self.molre else None,
+            "router": self.molre.router if self.molre and self.molre.experts > 1 else None,
             "targets": list(self.expert_layer_names),
         }
 
@@ -156,13 +188,33 @@ class HeadCTModel(nn.Module):
             layer.last_gates = None  # do not keep the graph alive past this call
         return torch.stack(gates, dim=2)
 
+    def _route(self, pixels: torch.Tensor) -> None:
+        """The shared router's gates for each slice of ``pixels`` [N, 3, S, S], from the frozen
+        backbone's features of that slice, handed to every expert layer for the next forward."""
+        assert self.router is not None
+        for layer in self._expert_layers:
+            layer.enabled = False
+        try:
+            with torch.no_grad():
+                frozen = self.backbone(pixels)  # [N, F]
+        finally:
+            for layer in self._expert_layers:
+                layer.enabled = True
+        gates = self.router(frozen)
+        for layer in self._expert_layers:
+            layer.routed_gates = gates
+
     def forward(self, volume: torch.Tensor, slice_mask: torch.Tensor | None = None) -> ModelOutput:
         """``volume``: HU [B, D, H, W]; ``slice_mask`` [B, D], True for real (unpadded) slices."""
         batch, depth = volume.shape[0], volume.shape[1]
         pixels = self.pixels(volume)
         if self.backbone.kind == "2d":
+            if self.router is not None:
+                self._route(pixels)
             features = self.backbone(pixels).unflatten(0, (batch, depth))  # [B, D, F]
             gates = self._collect_gates(batch, depth, features)
+            for layer in self._expert_layers:
+                layer.routed_gates = None  # do not keep the graph alive past this call
         else:
             stacked = pixels.unflatten(0, (batch, depth)).transpose(1, 2)  # [B, 3, D, S, S]
             tokens = self.backbone(stacked)  # [B, D', F]
@@ -194,7 +246,7 @@ class HeadCTModel(nn.Module):
         return {
             name: tensor
             for name, tensor in state.items()
-            if name in trainable or name.startswith("feature_norm.") or ".router.norm." in name
+            if name in trainable or name.startswith("feature_norm.") or is_router(name)
         }
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:

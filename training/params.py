@@ -53,6 +53,8 @@ def count_parameters(model: HeadCTModel) -> ParameterCount:
     for _, layer in expert_layers(model.backbone):
         base = sum(p.numel() for p in layer.base_layer.parameters())
         added += sum(p.numel() for p in layer.parameters()) - base
+    if model.router is not None:  # the shared router lives in the model, not the backbone
+        added += sum(p.numel() for p in model.router.parameters())
     total_backbone = sum(p.numel() for p in model.backbone.parameters())
     return ParameterCount(
         backbone_name=model.backbone.name,

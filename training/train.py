@@ -31,7 +31,7 @@ from training.data import CachedStudy, build_cache, positive_weights, read_label
 from training.dataset import Augmentation, CachedStudyDataset
 from training.evaluate import Predictions, macro_auc
 from training.losses import load_balancing_loss, masked_multilabel_loss
-from training.model import HeadCTModel
+from training.model import HeadCTModel, is_router
 from training.runs import (
     BEST_CHECKPOINT,
     RunConfig,
@@ -310,7 +310,7 @@ def _parameter_groups(model: HeadCTModel, config: TrainConfig) -> list[dict[str,
             continue
         if name.startswith("backbone.") and config.adapter == "full":
             backbone.append(parameter)
-        elif ".router." in name:
+        elif is_router(name):
             routers.append(parameter)
         else:
             own.append(parameter)

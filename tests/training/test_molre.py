@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.backbones import create_backbone
-from training.model import HeadCTModel
+from training.model import HeadCTModel, is_router
 from training.molre import MoLREConfig
 from training.molre.injector import expert_layers, inject_molre
 from training.molre.layer import MoLRELinear, MoLREPatchConv
@@ -52,7 +52,14 @@ def _hand_layer(temperature: float) -> MoLRELinear:
     """3 -> 2 linear, zero base, two rank-1 experts: A_1 = e1, A_2 = e2, B_1 = e1, B_2 = e2, and
     a router that ignores its input with logits (0, ln 3)."""
     base = nn.Linear(3, 2)
-    config = MoLREConfig(experts=2, rank=1, alpha=2.0, dropout=0.0, router_temperature=temperature)
+    config = MoLREConfig(
+        experts=2,
+        rank=1,
+        alpha=2.0,
+        dropout=0.0,
+        router_temperature=temperature,
+        router="per_layer",
+    )
     layer = MoLRELinear(base, config)
     with torch.no_grad():
         base.weight.zero_()
@@ -82,7 +89,9 @@ def test_linear_experts_match_hand_computation(
 
 def test_linear_experts_match_a_per_expert_loop() -> None:
     torch.manual_seed(0)
-    config = MoLREConfig(experts=3, rank=2, alpha=3.0, dropout=0.0, router_temperature=0.7)
+    config = MoLREConfig(
+        experts=3, rank=2, alpha=3.0, dropout=0.0, router_temperature=0.7, router="per_layer"
+    )
     layer = MoLRELinear(nn.Linear(5, 4), config)
     nn.init.normal_(layer.lora_B)
     x = torch.randn(2, 7, 5)  # two items of seven tokens
@@ -104,7 +113,7 @@ def test_linear_experts_match_a_per_expert_loop() -> None:
 
 def test_patch_convolution_experts_equal_linear_experts_on_flattened_patches() -> None:
     torch.manual_seed(0)
-    config = MoLREConfig(experts=2, rank=3, alpha=6.0, dropout=0.0)
+    config = MoLREConfig(experts=2, rank=3, alpha=6.0, dropout=0.0, router="per_layer")
     conv = MoLREPatchConv(nn.Conv2d(3, 8, kernel_size=4, stride=4), config)
     nn.init.normal_(conv.lora_B)
     linear = MoLRELinear(nn.Linear(3 * 16, 8), config)
@@ -172,7 +181,10 @@ def test_zero_initialised_experts_leave_the_backbone_unchanged() -> None:
     backbone = create_backbone("tiny_dinov2")
     original = copy.deepcopy(backbone)
     names = inject_molre(
-        backbone, MoLREConfig(target_modules=("patch_embedding", "q", "k", "v", "o", "mlp"))
+        backbone,
+        MoLREConfig(
+            target_modules=("patch_embedding", "q", "k", "v", "o", "mlp"), router="per_layer"
+        ),
     )
     assert len(names) == 1 + 2 * 6
     pixels = torch.randn(4, 3, 32, 32)
@@ -190,7 +202,7 @@ def test_injector_freezes_the_backbone_and_trains_only_experts() -> None:
 def test_gates_sum_to_one_and_differ_between_slices() -> None:
     torch.manual_seed(0)
     backbone = create_backbone("tiny_dinov3")
-    inject_molre(backbone, MoLREConfig(experts=4))
+    inject_molre(backbone, MoLREConfig(experts=4, router="per_layer"))
     pixels = torch.randn(5, 3, 32, 32) * torch.arange(1, 6).view(5, 1, 1, 1)
     backbone(pixels)
     for _, layer in expert_layers(backbone):
@@ -232,7 +244,7 @@ def test_router_reads_the_differences_between_inputs_not_their_common_offset() -
     vector for every slice and gave the same gates). Standardised by running statistics, small
     differences between inputs move the gates from the first step on."""
     torch.manual_seed(0)
-    layer = MoLRELinear(nn.Linear(64, 64), MoLREConfig(experts=4, rank=2))
+    layer = MoLRELinear(nn.Linear(64, 64), MoLREConfig(experts=4, rank=2, router="per_layer"))
     offset = 5.0 * torch.randn(64)
     x = offset + 0.01 * torch.randn(32, 10, 64)  # 32 slices that differ by 1/500 of the offset
     layer.train()
@@ -250,7 +262,7 @@ def test_router_statistics_learn_in_training_only_and_travel_with_the_trainable_
     model.train()
     model(volume)
     state = model.trainable_state_dict()
-    norms = [k for k in state if ".router.norm.running_mean" in k]
+    norms = [k for k in state if is_router(k) and k.endswith("norm.running_mean")]
     assert norms and all(state[k].abs().sum() > 0 for k in norms)
     model.eval()
     before = {k: state[k].clone() for k in norms}
@@ -261,3 +273,75 @@ def test_router_statistics_learn_in_training_only_and_travel_with_the_trainable_
     assert not torch.allclose(other(volume).router_weights, model(volume).router_weights)
     other.load_trainable_state_dict(model.trainable_state_dict())
     assert torch.allclose(other(volume).router_weights, model(volume).router_weights, atol=1e-6)
+
+
+def _shared_model(temperature: float = 1.0) -> HeadCTModel:
+    torch.manual_seed(0)
+    model = HeadCTModel(
+        create_backbone("tiny_dinov2"),
+        adapter="molre",
+        molre=MoLREConfig(experts=4, router_temperature=temperature),
+    )
+    for _, layer in expert_layers(model.backbone):
+        nn.init.normal_(layer.lora_B, std=0.5)  # experts that change the output
+    return model
+
+
+def test_shared_router_reads_the_frozen_backbone_and_drives_every_layer_alike() -> None:
+    """The default router: one per model, on each slice's frozen features (the backbone with the
+    experts off), its gates the same in every adapted layer, so expert k is one expert."""
+    model = _shared_model().eval()
+    assert model.molre is not None and model.molre.router == "shared"
+    assert model.router is not None
+    assert all(layer.router is None for layer in model._expert_layers)
+    volume = torch.randint(-1000, 1000, (2, 5, 32, 32)).float()
+    out = model(volume)
+    assert out.gates.shape[:2] == (2, 5) and out.gates.shape[2] == len(model._expert_layers)
+    assert torch.allclose(out.gates, out.gates[:, :, :1].expand_as(out.gates))
+    assert torch.allclose(out.gates.sum(-1), torch.ones(out.gates.shape[:-1]), atol=1e-6)
+    assert out.slice_router_weights.std(dim=1).min() > 1e-3  # slices route differently
+    # The router's input is exactly the frozen backbone: the same weights without experts.
+    pixels = model.pixels(volume)
+    torch.manual_seed(0)
+    plain = create_backbone("tiny_dinov2").eval()
+    frozen = plain(pixels)
+    expected = model.router(frozen).unflatten(0, (2, 5))
+    assert torch.allclose(out.slice_router_weights, expected, atol=1e-5)
+    # Nothing of this forward stays on the layers.
+    assert all(layer.routed_gates is None and layer.enabled for layer in model._expert_layers)
+
+
+def test_shared_router_learns_from_the_task_and_not_the_frozen_pass() -> None:
+    model = _shared_model().train()
+    volume = torch.randint(-1000, 1000, (2, 4, 32, 32)).float()
+    model(volume).logits.sum().backward()
+    assert model.router is not None
+    assert model.router.proj.weight.grad is not None
+    assert model.router.proj.weight.grad.abs().sum() > 0
+    frozen = [p for n, p in model.backbone.named_parameters() if not p.requires_grad]
+    assert frozen and all(p.grad is None for p in frozen)
+    state = model.trainable_state_dict()
+    assert {"router.proj.weight", "router.norm.running_mean"} <= set(state)
+
+
+def test_a_layer_of_a_shared_router_refuses_to_run_without_its_gates() -> None:
+    layer = MoLRELinear(nn.Linear(8, 8), MoLREConfig(experts=2, router="shared"))
+    with pytest.raises(RuntimeError, match="routed_gates"):
+        layer(torch.randn(3, 4, 8))
+
+
+def test_auto_router_is_shared_on_2d_and_per_layer_on_3d_backbones() -> None:
+    flat = HeadCTModel(create_backbone("tiny_siglip"), adapter="molre")
+    volumetric = HeadCTModel(create_backbone("tiny_resnet3d"), adapter="molre")
+    assert flat.molre is not None and flat.molre.router == "shared"
+    assert volumetric.molre is not None and volumetric.molre.router == "per_layer"
+    assert volumetric.router is None and all(
+        layer.router is not None for layer in volumetric._expert_layers
+    )
+    assert flat.adapter_summary()["router"] == "shared"
+    with pytest.raises(ValueError, match="3D backbone"):
+        HeadCTModel(
+            create_backbone("tiny_resnet3d"), adapter="molre", molre=MoLREConfig(router="shared")
+        )
+    with pytest.raises(ValueError, match="router must be one of"):
+        MoLREConfig(router="global")

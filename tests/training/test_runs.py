@@ -68,15 +68,20 @@ def _write(folder: Path, config: dict) -> Path:
 
 def test_a_demo_run_from_before_the_typed_config_loads(tmp_path: Path) -> None:
     config = RunConfig.load(_write(tmp_path / "molre_s0", DEMO_RUN))
-    assert config.molre == MoLREConfig(experts=4, rank=2, alpha=4.0, load_balancing_weight=0.01)
+    # Recorded before the router was a choice: its layers each had their own router.
+    assert config.molre == MoLREConfig(
+        experts=4, rank=2, alpha=4.0, load_balancing_weight=0.01, router="per_layer"
+    )
     assert config.train.molre == config.molre and config.train.router_lr_scale == 5.0
     assert (config.grid, config.train.grid) == ((32, 128, 128), (32, 128, 128))
     assert config.train.out == "runs/demo/runs/molre_s0" and config.train.epochs == 4
     assert config.synthetic is None  # not recorded then: export asks rather than guesses
     assert config.train_studies == 320 and config.created == DEMO_RUN["created"]
-    # Written again, it is the same file plus the one new field.
+    # Written again, it is the same file plus the new fields.
+    molre = DEMO_RUN["molre"] | {"router": "per_layer"}
     assert json.loads(json.dumps(config.to_dict())) == DEMO_RUN | {
-        "train": DEMO_RUN["train"] | {"molre": DEMO_RUN["molre"], "synthetic": None},
+        "molre": molre,
+        "train": DEMO_RUN["train"] | {"molre": molre, "synthetic": None},
         "synthetic": None,
     }
 

@@ -16,6 +16,7 @@ from training.config_fields import config_from_dict
 # Target roles a backbone family knows how to name (see ``training.backbones``); any other string
 # in ``target_modules`` is a regular expression matched against module names.
 TARGET_ROLES = ("patch_embedding", "q", "k", "v", "o", "mlp", "projection")
+ROUTERS = ("auto", "shared", "per_layer")
 
 
 @dataclass
@@ -53,6 +54,18 @@ class MoLREConfig:
         default=1.0,
         metadata={"help": "Softmax temperature of the router; lower is sharper. Must be > 0."},
     )
+    router: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: shared on a 2D backbone, per_layer on a 3D one. shared: one router per model reads each slice's frozen backbone features "
+            "and its gates drive the experts of every adapted layer, so expert k is one "
+            "specialisation throughout and the study's expert weights say which the slice used "
+            "(2D backbones). per_layer: each layer routes on the mean of its own input; expert k "
+            "of one layer is unrelated to expert k of another, so their mean over layers (the "
+            "reported weights) comes out near-constant. Runs recorded without this field are "
+            "per_layer."
+        },
+    )
     load_balancing_weight: float = field(
         default=0.0,
         metadata={
@@ -79,6 +92,8 @@ class MoLREConfig:
                 f"router_temperature must be > 0 (1.0 is a plain softmax), "
                 f"not {self.router_temperature}"
             )
+        if self.router not in ROUTERS:
+            raise ValueError(f"router must be one of {ROUTERS}, not {self.router!r}")
         if not math.isfinite(self.load_balancing_weight) or self.load_balancing_weight < 0:
             raise ValueError(
                 f"load_balancing_weight must be >= 0 (0 turns it off), "

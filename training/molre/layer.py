@@ -4,8 +4,11 @@ low-rank experts.
     out = base(x) + (alpha / r) * sum_k g_k * B_k(A_k(dropout(x)))
     g   = softmax(router(mean of x over its tokens) / temperature)
 
-The gates are computed once per item of the layer's batch (one CT slice for a 2D backbone), from
-the mean of that item's input tokens, so every token of a slice uses the same mixture. The experts
+The gates are computed once per item of the layer's batch (one CT slice for a 2D backbone), so
+every token of a slice uses the same mixture. With the default shared router (``router="shared"``)
+the model computes them once per slice from the frozen backbone's features of that slice and hands
+the same gates to every expert layer (``routed_gates``); with ``router="per_layer"`` each layer has
+its own router on the mean of its input tokens. The experts
 are stacked: one matmul down to K*r channels, a per-expert scale by the gates, one matmul back up.
 With K = 1 there is no router and the layer is plain LoRA (Hu et al., 2021).
 
@@ -17,6 +20,7 @@ ONNX export trace like any other tensor.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -96,9 +100,15 @@ class _LowRankExperts(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(out_features, config.experts * config.rank))
         self.router: ExpertRouter | None = None
         self.last_gates: torch.Tensor | None = None
+        # Set by the model for one forward when the router is shared: [items, K].
+        self.routed_gates: torch.Tensor | None = None
+        # False while the model reads the frozen backbone (the shared router's input).
+        self.enabled = True
 
     def _init_router(self, summary_features: int, config: MoLREConfig) -> None:
-        if config.experts > 1:
+        # A shared router lives in the model (``HeadCTModel`` resolves ``auto`` first); a layer
+        # injected on its own routes on its input.
+        if config.experts > 1 and config.router != "shared":
             self.router = ExpertRouter(summary_features, config.experts, config.router_temperature)
 
     def _init_down_projection(self) -> None:
@@ -114,15 +124,23 @@ class _LowRankExperts(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base_layer.bias
 
-    def _gates(self, summary: torch.Tensor) -> torch.Tensor:
-        """Gates [items..., K] from a summary [items..., features]; ones when K = 1."""
-        if self.router is None:
-            return summary.new_ones((*summary.shape[:-1], 1))
-        return self.router(summary)
+    def _gates(self, summary: Callable[[], torch.Tensor], items: torch.Size) -> torch.Tensor:
+        """Gates [*items, K]: ones when K = 1, this layer's router on ``summary()``
+        [*items, features], or the shared router's ``routed_gates``."""
+        if self.experts == 1:
+            return self.lora_B.new_ones((*items, 1))
+        if self.router is not None:
+            return self.router(summary())
+        if self.routed_gates is None:
+            raise RuntimeError(
+                "a layer with a shared router needs the model to set its routed_gates before "
+                "the forward (call it through HeadCTModel)"
+            )
+        return self.routed_gates
 
     def _mix(self, hidden: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """Scale each expert's r channels of ``hidden`` [..., K*r] by its gate [..., K]."""
-        if self.router is None:
+        if self.experts == 1:
             return hidden
         hidden = hidden.unflatten(-1, (self.experts, self.rank))
         return (hidden * gates.unsqueeze(-1)).flatten(-2)
@@ -144,8 +162,12 @@ class MoLRELinear(_LowRankExperts):
         self._init_router(base_layer.in_features, config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return self.base_layer(x)
         has_tokens = x.dim() >= 3
-        gates = self._gates(x.mean(dim=-2) if has_tokens else x)
+        gates = self._gates(
+            lambda: x.mean(dim=-2) if has_tokens else x, x.shape[:-2] if has_tokens else x.shape[:-1]
+        )
         self.last_gates = gates
         hidden = F.linear(self.dropout(x), self.lora_A)
         hidden = self._mix(hidden, gates.unsqueeze(-2) if has_tokens else gates)
@@ -176,7 +198,9 @@ class MoLREPatchConv(_LowRankExperts):
         return patches.mean(dim=(2, 4)).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gates = self._gates(self._mean_patch(x))
+        if not self.enabled:
+            return self.base_layer(x)
+        gates = self._gates(lambda: self._mean_patch(x), x.shape[:1])
         self.last_gates = gates
         hidden = F.conv2d(self.dropout(x), self.lora_A, stride=self.patch)  # [N, K*r, h, w]
         hidden = self._mix(hidden.movedim(1, -1), gates[:, None, None, :])
