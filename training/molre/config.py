@@ -57,13 +57,13 @@ class MoLREConfig:
     router: str = field(
         default="auto",
         metadata={
-            "help": "auto: shared on a 2D backbone, per_layer on a 3D one. shared: one router per model reads each slice's frozen backbone features "
-            "and its gates drive the experts of every adapted layer, so expert k is one "
-            "specialisation throughout and the study's expert weights say which the slice used "
-            "(2D backbones). per_layer: each layer routes on the mean of its own input; expert k "
-            "of one layer is unrelated to expert k of another, so their mean over layers (the "
-            "reported weights) comes out near-constant. Runs recorded without this field are "
-            "per_layer."
+            "help": "auto: shared on a 2D backbone, per_layer on a 3D one. shared: one router "
+            "per model reads each slice's frozen backbone features, and its gates drive the "
+            "experts of every adapted layer, so expert k is one specialisation throughout "
+            "(2D backbones only). per_layer: each layer routes on the mean of its own input; "
+            "expert k of one layer is unrelated to expert k of another, so their mean over "
+            "layers (the reported weights) comes out near-constant. Runs recorded without this "
+            "field are per_layer."
         },
     )
     load_balancing_weight: float = field(

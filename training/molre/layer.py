@@ -165,9 +165,8 @@ class MoLRELinear(_LowRankExperts):
         if not self.enabled:
             return self.base_layer(x)
         has_tokens = x.dim() >= 3
-        gates = self._gates(
-            lambda: x.mean(dim=-2) if has_tokens else x, x.shape[:-2] if has_tokens else x.shape[:-1]
-        )
+        items = x.shape[:-2] if has_tokens else x.shape[:-1]
+        gates = self._gates(lambda: x.mean(dim=-2) if has_tokens else x, items)
         self.last_gates = gates
         hidden = F.linear(self.dropout(x), self.lora_A)
         hidden = self._mix(hidden, gates.unsqueeze(-2) if has_tokens else gates)
