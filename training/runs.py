@@ -133,20 +133,42 @@ def training_data_synthetic(config: TrainConfig) -> bool:
     return bool(config.synthetic) or marked
 
 
-def weights_sha256(weights: str | None) -> str | None:
-    """Hash of a backbone checkpoint folder (every file, in name order), or None for random init."""
+# What defines a checkpoint's weights; its cards and notes (PRETRAINING.md, a hub README) do not.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def _defines_weights(path: Path) -> bool:
+    return path.name == "config.json" or path.suffix in WEIGHT_SUFFIXES
+
+
+def weights_sha256(weights: str | None, *, every_file: bool = False) -> str | None:
+    """Hash of a backbone checkpoint folder, or None for random init: its ``config.json`` and
+    weight files, in name order, so that rewriting its card does not orphan the runs trained on
+    it. ``every_file``: every file, as runs recorded before this."""
     if weights is None:
         return None
     from training.backbones import resolve_weights
 
     root = resolve_weights(weights)
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    files = (p for p in root.rglob("*") if p.is_file() and (every_file or _defines_weights(p)))
+    for path in sorted(files):
         digest.update(str(path.relative_to(root)).encode())
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def weights_unchanged(config: RunConfig) -> bool:
+    """Whether the backbone checkpoint a run recorded is the one its weights path holds now
+    (either hash: runs from before the card was left out recorded every file)."""
+    if not config.weights_sha256:
+        return True
+    return config.weights_sha256 in (
+        weights_sha256(config.weights),
+        weights_sha256(config.weights, every_file=True),
+    )
 
 
 def model_from_config(config: RunConfig) -> HeadCTModel:
@@ -165,7 +187,7 @@ def model_from_config(config: RunConfig) -> HeadCTModel:
 def load_run(run: Path, *, checkpoint: str = BEST_CHECKPOINT) -> tuple[HeadCTModel, RunConfig]:
     """The trained model of a run folder, checking that its backbone checkpoint is unchanged."""
     config = RunConfig.load(run)
-    if config.weights_sha256 and weights_sha256(config.weights) != config.weights_sha256:
+    if not weights_unchanged(config):
         raise ValueError(
             f"the backbone checkpoint {config.weights} changed since {run} was trained "
             "(SHA-256 differs): the adapters would not fit it"

@@ -19,7 +19,7 @@ from training.backbones import create_backbone
 from training.config import TrainConfig
 from training.evaluate import Predictions
 from training.molre import MoLREConfig
-from training.runs import load_run, predict_run
+from training.runs import load_run, predict_run, weights_sha256
 from training.train import train
 
 GRID = (8, 64, 64)
@@ -128,8 +128,32 @@ def test_changed_backbone_checkpoint_is_refused(dataset: Path, tmp_path: Path) -
     run = tmp_path / "run"
     train(_config(dataset, run, epochs=1, weights=str(weights)))
     load_run(run)  # unchanged: fine
+    # Its card is not the checkpoint: rewriting it leaves the run usable.
+    (weights / "PRETRAINING.md").write_text("# How these weights were made, rewritten\n")
+    load_run(run)
     with (weights / "config.json").open("a") as handle:
         handle.write("\n")
+    with pytest.raises(ValueError, match="changed since"):
+        load_run(run)
+
+
+def test_a_run_that_recorded_every_file_of_its_checkpoint_still_loads(
+    dataset: Path, tmp_path: Path
+) -> None:
+    weights = tmp_path / "weights"
+    create_backbone("tiny_dinov2").save_pretrained(weights)
+    (weights / "PRETRAINING.md").write_text("# card\n")
+    run = tmp_path / "run"
+    train(_config(dataset, run, epochs=1, weights=str(weights)))
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["weights_sha256"] == weights_sha256(str(weights))
+    # As runs from before the card was left out of the hash recorded it.
+    recorded["weights_sha256"] = weights_sha256(str(weights), every_file=True)
+    assert recorded["weights_sha256"] != weights_sha256(str(weights))
+    (run / "config.json").write_text(json.dumps(recorded))
+    load_run(run)
+    with (weights / "model.safetensors").open("ab") as handle:
+        handle.write(b"\0")
     with pytest.raises(ValueError, match="changed since"):
         load_run(run)
 
