@@ -9,8 +9,8 @@ serving contract: the gateway sends HU and the model owns its windows). Adapters
 
 - ``probe``: frozen backbone, train pooling and head (linear-probe baseline);
 - ``lora``: MoLRE with one expert and no router, i.e. plain LoRA;
-- ``molre``: K routed LoRA experts (Yoo et al., 2026). With the shared router (the default) a 2D
-  backbone runs twice per slice: once frozen (experts off, no gradient) to give the router its
+- ``molre``: K routed LoRA experts (Yoo et al., 2026). With ``router="shared"`` a 2D backbone
+  runs twice per slice: once frozen (experts off, no gradient) to give the router its
   input, the slice's foundation features, then with the experts mixed by those gates in every
   adapted layer;
 - ``full``: everything trains (used to make the demo backbone).
@@ -19,7 +19,6 @@ serving contract: the gateway sends HU and the model owns its windows). Adapters
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,19 +33,6 @@ from training.molre import MoLREConfig
 from training.molre.injector import expert_layers, inject_molre
 from training.molre.layer import ExpertRouter
 from training.pooling import GatedAttentionPooling
-
-
-def _resolve_router(config: MoLREConfig, kind: str) -> MoLREConfig:
-    """``auto`` becomes ``shared`` on a 2D backbone and ``per_layer`` on a 3D one; a shared router
-    reads each slice's frozen features, which a 3D backbone does not give per slice."""
-    if config.router == "auto":
-        return replace(config, router="shared" if kind == "2d" else "per_layer")
-    if config.router == "shared" and kind != "2d":
-        raise ValueError(
-            "the shared router reads each slice's frozen features, which a 3D backbone does "
-            "not give per slice: use router per_layer (or auto) with a 3D backbone"
-        )
-    return config
 
 
 def is_router(name: str) -> bool:
@@ -126,8 +112,6 @@ class HeadCTModel(nn.Module):
             raise ValueError(f"windows must be 3 (the backbone's RGB channels), not {len(windows)}")
         self.adapter = adapter
         self.molre = _adapter_config(adapter, molre)
-        if self.molre is not None:
-            self.molre = _resolve_router(self.molre, backbone.kind)
         self.windows = tuple(windows)
         self.pixels = SlicePixels(self.windows, backbone)
         self.backbone = backbone
@@ -142,6 +126,11 @@ class HeadCTModel(nn.Module):
         self._expert_layers = tuple(layer for _, layer in expert_layers(backbone))
         self.router: ExpertRouter | None = None
         if self.molre is not None and self.molre.experts > 1 and self.molre.router == "shared":
+            if backbone.kind != "2d":
+                raise ValueError(
+                    "the shared router reads each slice's frozen features, which a 3D backbone "
+                    "does not give per slice: use router per_layer with a 3D backbone"
+                )
             self.router = ExpertRouter(
                 backbone.feature_dim, self.molre.experts, self.molre.router_temperature
             )

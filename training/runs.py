@@ -98,13 +98,6 @@ class RunConfig:
         part of ``train``: the rest is what the run itself records (``out`` is its folder)."""
         values = dict(data)
         molre = values.get("molre")
-        if molre and "router" not in molre:
-            # Recorded in full before the router was a choice: each layer had its own.
-            molre = values["molre"] = molre | {"router": "per_layer"}
-            if isinstance(values.get("train"), dict) and values["train"].get("molre"):
-                values["train"] = values["train"] | {
-                    "molre": {"router": "per_layer"} | values["train"]["molre"]
-                }
         values["molre"] = MoLREConfig.from_dict(molre) if molre else None
         train = {key: values[key] for key in ("backbone", "weights", "adapter", "grid")}
         train |= {"out": str(folder), "molre": molre or {}} | (values.get("train") or {})

@@ -280,7 +280,7 @@ def _shared_model(temperature: float = 1.0) -> HeadCTModel:
     model = HeadCTModel(
         create_backbone("tiny_dinov2"),
         adapter="molre",
-        molre=MoLREConfig(experts=4, router_temperature=temperature),
+        molre=MoLREConfig(experts=4, router_temperature=temperature, router="shared"),
     )
     for _, layer in expert_layers(model.backbone):
         nn.init.normal_(layer.lora_B, std=0.5)  # experts that change the output
@@ -288,7 +288,7 @@ def _shared_model(temperature: float = 1.0) -> HeadCTModel:
 
 
 def test_shared_router_reads_the_frozen_backbone_and_drives_every_layer_alike() -> None:
-    """The default router: one per model, on each slice's frozen features (the backbone with the
+    """The shared router: one per model, on each slice's frozen features (the backbone with the
     experts off), its gates the same in every adapted layer, so expert k is one expert."""
     model = _shared_model().eval()
     assert model.molre is not None and model.molre.router == "shared"
@@ -330,15 +330,11 @@ def test_a_layer_of_a_shared_router_refuses_to_run_without_its_gates() -> None:
         layer(torch.randn(3, 4, 8))
 
 
-def test_auto_router_is_shared_on_2d_and_per_layer_on_3d_backbones() -> None:
-    flat = HeadCTModel(create_backbone("tiny_siglip"), adapter="molre")
-    volumetric = HeadCTModel(create_backbone("tiny_resnet3d"), adapter="molre")
-    assert flat.molre is not None and flat.molre.router == "shared"
-    assert volumetric.molre is not None and volumetric.molre.router == "per_layer"
-    assert volumetric.router is None and all(
-        layer.router is not None for layer in volumetric._expert_layers
-    )
-    assert flat.adapter_summary()["router"] == "shared"
+def test_the_router_is_per_layer_by_default_and_shared_only_on_2d_backbones() -> None:
+    default = HeadCTModel(create_backbone("tiny_siglip"), adapter="molre")
+    assert default.molre is not None and default.molre.router == "per_layer"
+    assert default.router is None and all(x.router is not None for x in default._expert_layers)
+    assert default.adapter_summary()["router"] == "per_layer"
     with pytest.raises(ValueError, match="3D backbone"):
         HeadCTModel(
             create_backbone("tiny_resnet3d"), adapter="molre", molre=MoLREConfig(router="shared")

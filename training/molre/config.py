@@ -16,7 +16,7 @@ from training.config_fields import config_from_dict
 # Target roles a backbone family knows how to name (see ``training.backbones``); any other string
 # in ``target_modules`` is a regular expression matched against module names.
 TARGET_ROLES = ("patch_embedding", "q", "k", "v", "o", "mlp", "projection")
-ROUTERS = ("auto", "shared", "per_layer")
+ROUTERS = ("per_layer", "shared")
 
 
 @dataclass
@@ -55,15 +55,14 @@ class MoLREConfig:
         metadata={"help": "Softmax temperature of the router; lower is sharper. Must be > 0."},
     )
     router: str = field(
-        default="auto",
+        default="per_layer",
         metadata={
-            "help": "auto: shared on a 2D backbone, per_layer on a 3D one. shared: one router "
-            "per model reads each slice's frozen backbone features, and its gates drive the "
-            "experts of every adapted layer, so expert k is one specialisation throughout "
-            "(2D backbones only). per_layer: each layer routes on the mean of its own input; "
-            "expert k of one layer is unrelated to expert k of another, so their mean over "
-            "layers (the reported weights) comes out near-constant. Runs recorded without this "
-            "field are per_layer."
+            "help": "per_layer: each adapted layer routes on the mean of its own input; expert k "
+            "of one layer is unrelated to expert k of another, so their mean over layers (the "
+            "reported study weights) varies little between studies. shared: one router per "
+            "model reads each slice's frozen backbone features (a second, frozen pass of the "
+            "backbone) and its gates drive the experts of every adapted layer, so expert k is "
+            "one expert throughout (2D backbones only)."
         },
     )
     load_balancing_weight: float = field(

@@ -5,10 +5,10 @@ low-rank experts.
     g   = softmax(router(mean of x over its tokens) / temperature)
 
 The gates are computed once per item of the layer's batch (one CT slice for a 2D backbone), so
-every token of a slice uses the same mixture. With the default shared router (``router="shared"``)
-the model computes them once per slice from the frozen backbone's features of that slice and hands
-the same gates to every expert layer (``routed_gates``); with ``router="per_layer"`` each layer has
-its own router on the mean of its input tokens. The experts
+every token of a slice uses the same mixture. With ``router="shared"`` the model computes them
+once per slice from the frozen backbone's features of that slice and hands
+the same gates to every expert layer (``routed_gates``); with ``router="per_layer"`` (the default)
+each layer has its own router on the mean of its input tokens. The experts
 are stacked: one matmul down to K*r channels, a per-expert scale by the gates, one matmul back up.
 With K = 1 there is no router and the layer is plain LoRA (Hu et al., 2021).
 
@@ -106,9 +106,8 @@ class _LowRankExperts(nn.Module):
         self.enabled = True
 
     def _init_router(self, summary_features: int, config: MoLREConfig) -> None:
-        # A shared router lives in the model (``HeadCTModel`` resolves ``auto`` first); a layer
-        # injected on its own routes on its input.
-        if config.experts > 1 and config.router != "shared":
+        # A shared router lives in the model (``HeadCTModel``), not in its layers.
+        if config.experts > 1 and config.router == "per_layer":
             self.router = ExpertRouter(summary_features, config.experts, config.router_temperature)
 
     def _init_down_projection(self) -> None:
