@@ -186,6 +186,21 @@ class PretrainConfig:
     positive_weight_cap: float = field(
         default=10.0, metadata={"help": "Cap of sqrt(neg/pos) per-finding positive weights."}
     )
+    teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "A pretrain or ceiling run folder (e.g. a headct ceiling CNN) whose slice "
+            "predictions on these findings become soft targets (distillation). Its grid must "
+            "match, and its findings must include these."
+        },
+    )
+    distill_weight: float = field(
+        default=0.5,
+        metadata={
+            "help": "With --teacher: the share of the finding loss that follows the teacher; "
+            "the rest follows the annotations."
+        },
+    )
     validation_studies: int = field(
         default=96, metadata={"help": "Held-out studies of the validation curve."}
     )
@@ -216,6 +231,8 @@ class PretrainConfig:
             raise ValueError("steps, warmup_steps and validate_every must be at least 1")
         if self.workers < 0 or self.threads < 0:
             raise ValueError("workers and threads must be >= 0 (0: in-process, torch's default)")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1], not {self.distill_weight}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:

@@ -345,6 +345,7 @@ def pretrain(
         step, consumed = state["step"], state["consumed"]
         log.info("resumed at step %d (%d studies consumed)", step, consumed)
 
+    teacher = _teacher(config) if config.teacher else None
     validation = _validation_set(config, out)
     pos_weight = _positive_weights(config, validation)
     depth = config.grid[0]
@@ -390,7 +391,15 @@ def pretrain(
             finding_logits, position_logits = model(hu)
             loss = F.binary_cross_entropy_with_logits(
                 finding_logits, targets, pos_weight=pos_weight
-            ) + config.position_weight * F.cross_entropy(
+            )
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = torch.sigmoid(teacher(hu))
+                follow = F.binary_cross_entropy_with_logits(
+                    finding_logits, soft, pos_weight=pos_weight
+                )
+                loss = (1 - config.distill_weight) * loss + config.distill_weight * follow
+            loss = loss + config.position_weight * F.cross_entropy(
                 position_logits, positions[torch.from_numpy(slices)]
             )
             optimizer.zero_grad(set_to_none=True)
@@ -470,6 +479,33 @@ def _warm_start(
     return card
 
 
+class _Teacher(nn.Module):
+    """A trained slice model's finding logits, in the student's finding order."""
+
+    def __init__(self, model: SlicePretrainer, index: list[int]) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.register_buffer("index", torch.tensor(index), persistent=False)
+
+    def forward(self, hu: torch.Tensor) -> torch.Tensor:
+        return self.model(hu)[0][:, self.index]
+
+
+def _teacher(config: PretrainConfig) -> _Teacher:
+    """The run folder ``config.teacher`` as a frozen teacher of ``config.findings``."""
+    folder = Path(str(config.teacher))
+    if not (folder / "last.pt").is_file():
+        raise ValueError(f"teacher {folder} has no last.pt: give a pretrain or ceiling run folder")
+    model, recorded = load_pretrainer(folder)
+    if tuple(recorded.grid) != tuple(config.grid):
+        raise ValueError(f"teacher {folder} was trained on grid {recorded.grid}, not {config.grid}")
+    missing = [code for code in config.findings if code not in recorded.findings]
+    if missing:
+        raise ValueError(f"teacher {folder} does not predict {len(missing)} findings: {missing}")
+    log.info("distilling %s (%s) with weight %g", folder, recorded.backbone, config.distill_weight)
+    return _Teacher(model, [recorded.findings.index(code) for code in config.findings])
+
+
 def load_pretrainer(run: Path) -> tuple[SlicePretrainer, PretrainConfig]:
     """The model of a pretraining run's last checkpoint, and its config."""
     config = PretrainConfig.from_dict(json.loads((Path(run) / "config.json").read_text()))
@@ -507,7 +543,13 @@ def export_weights(run: Path, folder: Path, *, half: bool = True) -> dict[str, A
     card = {
         "backbone": config.backbone,
         "synthetic": True,
-        "objective": "slice-level multi-label BCE on the listed findings + slice position (8 bins)",
+        "objective": "slice-level multi-label BCE on the listed findings + slice position (8 bins)"
+        + (
+            f"; the finding loss {config.distill_weight:g} toward the teacher {config.teacher}'s "
+            "slice predictions (distillation), the rest toward the annotations"
+            if config.teacher
+            else ""
+        ),
         "findings": list(config.findings),
         "steps": state["step"],
         "studies_seen": state["consumed"],
@@ -533,6 +575,11 @@ def _recipe(recorded: dict[str, Any]) -> str:
         f"{'x'.join(map(str, config.grid))} grid, {config.buffer_studies} studies in the shuffle "
         f"buffer with {config.studies_per_step:g} new per step, shifted by up to "
         f"{config.shift_px} px, lr {config.lr:g}, position loss weight {config.position_weight:g}"
+        + (
+            f", distilled from {config.teacher} (weight {config.distill_weight:g})"
+            if config.teacher
+            else ""
+        )
     )
 
 

@@ -161,3 +161,42 @@ def test_augment_mirrors_and_shifts_by_at_most_shift_px() -> None:
         for s in range(20)
     }
     assert still == {(10, 20), (10, 11)}  # shift 0: only the mirror
+
+
+def test_distillation_from_a_ceiling_run_in_the_students_finding_order(tmp_path: Path) -> None:
+    """--teacher: a trained slice model (here a tiny ceiling CNN on all 75 findings) gives soft
+    targets for the student's findings, mapped by code; the card says so. A teacher of another
+    grid, or one that lacks a finding, is refused before any training."""
+    from training.pretrain import _teacher, load_pretrainer
+
+    tiny = {
+        "grid": (8, 32, 32),
+        "source_matrix": 64,
+        "slices_per_step": 8,
+        "buffer_studies": 2,
+        "validation_studies": 4,
+        "workers": 0,
+    }
+    teacher_run = tmp_path / "teacher"
+    pretrain(ceiling_config(teacher_run, steps=1, **tiny))
+    config = replace(_config(tmp_path / "student", 2), teacher=str(teacher_run))
+    teacher = _teacher(config)
+    model, recorded = load_pretrainer(teacher_run)
+    hu = torch.from_numpy(make_study(config, TRAIN_STREAM, 0).hu[:3])
+    order = [recorded.findings.index(code) for code in config.findings]
+    with torch.no_grad():
+        assert torch.equal(teacher(hu), model(hu)[0][:, order])
+    pretrain(config)
+    assert [row["step"] for row in _curve(tmp_path / "student")] == [2]
+    card = export_weights(tmp_path / "student", tmp_path / "weights")
+    assert "distillation" in card["objective"] and str(teacher_run) in card["objective"]
+    assert "distilled from" in (tmp_path / "weights" / "PRETRAINING.md").read_text()
+
+    with pytest.raises(ValueError, match="grid"):
+        _teacher(replace(config, grid=(8, 64, 64), source_matrix=128))
+    narrow = tmp_path / "narrow"
+    pretrain(replace(_config(narrow, 1), findings=config.findings[:3]))
+    with pytest.raises(ValueError, match="does not predict"):
+        _teacher(replace(config, teacher=str(narrow)))
+    with pytest.raises(ValueError, match="distill_weight"):
+        replace(config, distill_weight=1.5)
