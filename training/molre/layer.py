@@ -5,12 +5,12 @@ low-rank experts.
     g   = softmax(router(mean of x over its tokens) / temperature)
 
 The gates are computed once per item of the layer's batch (one CT slice for a 2D backbone), so
-every token of a slice uses the same mixture. With ``router="shared"`` the model computes them
-once per slice from the frozen backbone's features of that slice and hands
-the same gates to every expert layer (``routed_gates``); with ``router="per_layer"`` (the default)
-each layer has its own router on the mean of its input tokens. The experts
-are stacked: one matmul down to K*r channels, a per-expert scale by the gates, one matmul back up.
-With K = 1 there is no router and the layer is plain LoRA (Hu et al., 2021).
+every token of a slice uses the same mixture. With ``router="per_layer"`` (the default) each layer
+has its own router on the mean of its input tokens; with ``router="shared"`` the model computes
+the gates once per slice from the frozen backbone's features of that slice and hands the same
+gates to every expert layer (``routed_gates``). The experts are stacked: one matmul down to K*r
+channels, a per-expert scale by the gates, one matmul back up. With K = 1 there is no router and
+the layer is plain LoRA (Hu et al., 2021).
 
 Each forward stores its gates in ``last_gates``; the model that owns the layers reads them in the
 same forward call and returns them as outputs (see ``training.model``), which ``torch.export`` and
