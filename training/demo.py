@@ -97,6 +97,8 @@ class DemoSizes:
     # The registered backbone the committed ``weights`` belong to (when pretrain_steps is 0).
     backbone: str = BACKBONE
     lr: float = 2e-3
+    # MoLRE's router (training.molre.config): per_layer, or shared (one per model).
+    router: str = "per_layer"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -172,14 +174,24 @@ def _quick_backbone(out: Path, sizes: DemoSizes) -> Path:
 def _train_arm(
     arm: str, seed: int, data: Path, out: Path, weights: Path, sizes: DemoSizes
 ) -> dict[str, Any]:
+    return train(arm_config(arm, seed, data, out, weights, sizes))
+
+
+def arm_config(
+    arm: str, seed: int, data: Path, out: Path, weights: Path, sizes: DemoSizes
+) -> TrainConfig:
+    """How the demo trains one arm with one seed."""
     settings = dict(ARMS[arm])
-    config = TrainConfig(
+    molre = dict(settings.pop("molre", {}))
+    if settings["adapter"] == "molre":
+        molre["router"] = sizes.router
+    return TrainConfig(
         data=str(data),
         out=str(out),
         backbone=sizes.pretrain_backbone if sizes.pretrain_steps else sizes.backbone,
         weights=str(weights),
         adapter=settings.pop("adapter"),
-        molre=MoLREConfig(**settings.pop("molre", {})),
+        molre=MoLREConfig(**molre),
         grid=sizes.grid,
         epochs=sizes.adapter_epochs,
         batch_size=sizes.batch_size,
@@ -190,7 +202,6 @@ def _train_arm(
         **settings,
         **sizes.extra,
     )
-    return train(config)
 
 
 @dataclass
@@ -722,6 +733,9 @@ def main() -> None:
         "--seeds", type=int, default=1, help="Seeds per arm (3 for the comparison)."
     )
     parser.add_argument("--arms", default="probe,lora,lora_matched,molre")
+    parser.add_argument(
+        "--router", default="per_layer", choices=("per_layer", "shared"), help="MoLRE's router."
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke run.")
     parser.add_argument("--no-export", action="store_true")
@@ -733,6 +747,7 @@ def main() -> None:
         seeds=tuple(range(args.seeds)),
         arms=tuple(args.arms.split(",")),
         backbone=args.backbone,
+        router=args.router,
     )
     if args.epochs:
         sizes = replace(sizes, adapter_epochs=args.epochs)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
 
 from service.model_card import CARD_METADATA_KEY, ModelCard
-from training.demo import QUICK, run_demo
+from training.demo import ARMS, QUICK, DemoSizes, arm_config, run_demo
 
 
 def test_quick_demo_pipeline(tmp_path: Path) -> None:
@@ -67,3 +68,13 @@ def test_quick_demo_pipeline(tmp_path: Path) -> None:
         "critical",
         "urgent",
     }
+
+
+def test_the_demo_sets_the_router_of_its_molre_arm_only(tmp_path: Path) -> None:
+    shared = replace(DemoSizes(), router="shared")
+    args = (0, tmp_path / "data", tmp_path / "run", tmp_path / "weights", shared)
+    molre = arm_config("molre", *args)
+    assert molre.molre.router == "shared" and molre.molre.experts == 4
+    assert molre.router_lr_scale == ARMS["molre"]["router_lr_scale"]
+    assert arm_config("lora", *args).molre.router == "per_layer"  # LoRA: no router to set
+    assert arm_config("molre", *args[:-1], DemoSizes()).molre.router == "per_layer"
