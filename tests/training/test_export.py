@@ -292,3 +292,27 @@ def test_the_card_follows_the_training_data_the_run_recorded(
     assert "synthetic" not in card.description and recorded["train"]["data"] in (
         card.provenance.training_data
     )
+
+
+def test_a_shared_router_exports_with_its_frozen_pass(tmp_path: Path) -> None:
+    """MoLRE with the shared router (two backbone passes per slice) exports to one ONNX graph
+    that matches PyTorch on a batch size it was not traced with."""
+    from training.model import build_model
+    from training.molre import MoLREConfig
+
+    torch.manual_seed(0)
+    model = build_model("tiny_dinov2", "molre", MoLREConfig(experts=3, router="shared")).eval()
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.3)  # experts that change the output
+    grid = ModelGrid(4, 32, 32)
+    path = tmp_path / "shared.onnx"
+    export_module.export_onnx(model, grid, path)
+    volume = export_module.synthetic_volumes(grid, 3, seed=7)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {INPUT_NAME: volume})
+    with torch.no_grad():
+        expected = model(torch.from_numpy(volume))
+    np.testing.assert_allclose(outputs[0], expected.probabilities.numpy(), atol=1e-4)
+    np.testing.assert_allclose(outputs[2], expected.slice_router_weights.numpy(), atol=1e-4)
+    assert outputs[1].shape == (3, 3) and np.ptp(outputs[2], axis=1).max() > 1e-3
