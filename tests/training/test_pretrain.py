@@ -18,6 +18,16 @@ from training.ceiling import CEILING_SETTINGS, ceiling_config
 from training.config import PRETRAINING_FINDINGS, PretrainConfig
 from training.pretrain import TRAIN_STREAM, export_weights, make_study, pretrain
 
+# A ceiling run small enough for a test (ceiling_config's other settings stay as the CLI's).
+TINY_CEILING = {
+    "grid": (8, 32, 32),
+    "source_matrix": 64,
+    "slices_per_step": 8,
+    "buffer_studies": 2,
+    "validation_studies": 4,
+    "workers": 0,
+}
+
 
 def _config(out: Path, steps: int) -> PretrainConfig:
     return PretrainConfig(
@@ -125,16 +135,8 @@ def test_continuing_into_a_backbone_with_the_same_encoder_and_another_recipe(
 def test_a_ceiling_run_can_be_extended_with_more_steps(tmp_path: Path) -> None:
     """The ceiling's warm-up is a fixed number of steps: a larger --steps resumes the run rather
     than being refused as other settings (a warm-up of steps // 20 was 1 step, then 2)."""
-    tiny = {
-        "grid": (8, 32, 32),
-        "source_matrix": 64,
-        "slices_per_step": 8,
-        "buffer_studies": 2,
-        "validation_studies": 4,
-        "workers": 0,
-    }
-    first = ceiling_config(tmp_path, steps=1, **tiny)
-    longer = ceiling_config(tmp_path, steps=40, **tiny)
+    first = ceiling_config(tmp_path, steps=1, **TINY_CEILING)
+    longer = ceiling_config(tmp_path, steps=40, **TINY_CEILING)
     assert first.warmup_steps == longer.warmup_steps == CEILING_SETTINGS["warmup_steps"]
     pretrain(first)
     pretrain(longer, max_seconds=0)  # resumed: one more step, then out of time
@@ -169,16 +171,8 @@ def test_distillation_from_a_ceiling_run_in_the_students_finding_order(tmp_path:
     grid, or one that lacks a finding, is refused before any training."""
     from training.pretrain import _teacher, load_pretrainer
 
-    tiny = {
-        "grid": (8, 32, 32),
-        "source_matrix": 64,
-        "slices_per_step": 8,
-        "buffer_studies": 2,
-        "validation_studies": 4,
-        "workers": 0,
-    }
     teacher_run = tmp_path / "teacher"
-    pretrain(ceiling_config(teacher_run, steps=1, **tiny))
+    pretrain(ceiling_config(teacher_run, steps=1, **TINY_CEILING))
     config = replace(_config(tmp_path / "student", 2), teacher=str(teacher_run))
     teacher = _teacher(config)
     model, recorded = load_pretrainer(teacher_run)
