@@ -41,6 +41,7 @@ from training.config import PretrainConfig, TrainConfig
 from training.evaluate import Predictions, category_positive, macro_auc, resampled_auc
 from training.model import ModelOutput
 from training.molre import MoLREConfig
+from training.molre.config import ROUTERS
 from training.operating_points import (
     level_points,
     priority_operating_points,
@@ -733,9 +734,7 @@ def main() -> None:
         "--seeds", type=int, default=1, help="Seeds per arm (3 for the comparison)."
     )
     parser.add_argument("--arms", default="probe,lora,lora_matched,molre")
-    parser.add_argument(
-        "--router", default="per_layer", choices=("per_layer", "shared"), help="MoLRE's router."
-    )
+    parser.add_argument("--router", default="per_layer", choices=ROUTERS, help="MoLRE's router.")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke run.")
     parser.add_argument("--no-export", action="store_true")
