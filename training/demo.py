@@ -32,36 +32,31 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from service.findings import FINDING_CODES, FINDINGS, Category
 from synth import SynthOptions, synthesize
 from training.config import PretrainConfig, TrainConfig
-from training.evaluate import Predictions, category_positive, macro_auc, resampled_auc
-from training.model import ModelOutput
+from training.demo_eval import (
+    BATCH,
+    Detailed,
+    fair_comparison,
+    key_slice_check,
+    predict_detailed,
+    router_dependence,
+    triage_at_operating_points,
+)
+from training.demo_report import SYNTHETIC_NOTE, demo_markdown
+from training.evaluate import Predictions
 from training.molre import MoLREConfig
 from training.molre.config import ROUTERS
-from training.operating_points import (
-    level_points,
-    priority_operating_points,
-    study_levels,
-    true_levels,
-)
 from training.report import write_report
 from training.runs import load_run, predict_run
 from training.train import train
 
 log = logging.getLogger(__name__)
 
-SYNTHETIC_NOTE = (
-    "Synthetic phantoms made by `headct synth`: not patient data. The demo model is a "
-    "demonstration, not for clinical use."
-)
 BACKBONE = "demo_vit"
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "demo_vit"
-MIN_POSITIVES = 5  # a finding enters the headline macro AUC with at least this many positives
-BATCH = 4  # studies per forward when the runs predict the test and calibration sets
 
 # Every arm trains the same way (data, epochs, learning rate, seeds); alpha = 2r throughout.
 ARMS: dict[str, dict[str, Any]] = {
@@ -203,211 +198,6 @@ def arm_config(
         **settings,
         **sizes.extra,
     )
-
-
-@dataclass
-class Detailed:
-    """One run on one set: predictions plus what the report reads per slice."""
-
-    predictions: Predictions
-    attention: np.ndarray  # [N, D]
-    slice_router: np.ndarray  # [N, D, K]
-
-
-def predict_detailed(run: Path, data: Path, name: str) -> Detailed:
-    attention, slices = [], []
-
-    def keep(output: ModelOutput) -> None:
-        attention.append(output.slice_attention.numpy())
-        slices.append(output.slice_router_weights.numpy())
-
-    predictions = predict_run(run, data, name=name, batch_size=BATCH, each_output=keep)
-    return Detailed(predictions, np.concatenate(attention), np.concatenate(slices))
-
-
-def key_slice_check(detailed: Detailed, test: Path, depth: int) -> dict[str, float]:
-    """For positive test studies: how often the highest-attention slice lies inside an annotated
-    lesion of one of the study's focal findings (those covering under half of the slices), against
-    the chance rate of a random slice."""
-    annotations = json.loads((test / "annotations.json").read_text())
-    source_slices = int(annotations["options"]["slices"])
-    hits, chance, counted = 0, 0.0, 0
-    for uid, row in zip(detailed.predictions.study_uids, detailed.attention, strict=True):
-        focal = [s for s in annotations.get(uid, {}).values() if len(s) < source_slices / 2]
-        if not focal:
-            continue
-        inside = {int(x) for s in focal for x in s}
-        # Grid slices span the series' first to last slice: map the key slice back.
-        key = round(int(np.argmax(row)) * (source_slices - 1) / max(depth - 1, 1))
-        hits += key in inside
-        chance += len(inside) / source_slices
-        counted += 1
-    return {
-        "studies": counted,
-        "key_slice_in_lesion": hits / counted if counted else float("nan"),
-        "chance": chance / counted if counted else float("nan"),
-    }
-
-
-def _categories(labels: np.ndarray) -> np.ndarray:
-    """Per study: the index of its one positive category, len(Category) for no finding, -1 for
-    studies with findings in several categories (left out of the dependence measures)."""
-    by_category = category_positive(labels)
-    count = by_category.sum(axis=1)
-    return np.where(count == 0, len(Category), np.where(count == 1, by_category.argmax(1), -1))
-
-
-def router_dependence(detailed: Detailed) -> dict[str, Any]:
-    """How much the router's weights depend on the study: the standard deviation of each
-    expert's study weight across studies; the mutual information (bits) between the top expert
-    and the finding category (studies with one category or none), against its mean under
-    shuffled categories; cross-validated accuracy of predicting the category from the study
-    weights, against always guessing the commonest; and the mean weights per slice position."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_score
-
-    weights = detailed.predictions.router_weights
-    if weights is None:
-        return {}
-    category = _categories(detailed.predictions.labels)
-    keep = category >= 0
-    top, classes = weights[keep].argmax(1), category[keep]
-
-    def mutual_information(a: np.ndarray, b: np.ndarray) -> float:
-        joint = np.zeros((a.max() + 1, b.max() + 1))
-        np.add.at(joint, (a, b), 1)
-        joint /= joint.sum()
-        outer = joint.sum(1, keepdims=True) @ joint.sum(0, keepdims=True)
-        nonzero = joint > 0
-        return float((joint[nonzero] * np.log2(joint[nonzero] / outer[nonzero])).sum())
-
-    rng = np.random.default_rng(0)
-    shuffled = [mutual_information(top, rng.permutation(classes)) for _ in range(200)]
-    counts = np.bincount(classes)
-    folds = int(min(5, counts[counts > 0].min())) if len(counts) else 0
-    accuracy = None
-    if folds >= 2 and (counts > 0).sum() >= 2:
-        present = counts >= folds
-        mask = present[classes]
-        features = np.log(weights[keep][mask] + 1e-6)
-        accuracy = float(
-            cross_val_score(
-                LogisticRegression(max_iter=2000), features, classes[mask], cv=folds
-            ).mean()
-        )
-    names = [c.value for c in Category] + ["no_finding"]
-    return {
-        "study_weight_std": weights.std(axis=0).tolist(),
-        "min_expert_std": float(weights.std(axis=0).min()),
-        "top_expert_category_mi_bits": mutual_information(top, classes),
-        "top_expert_category_mi_bits_shuffled": float(np.mean(shuffled)),
-        "category_from_weights_accuracy": accuracy,
-        "category_majority_rate": float(counts.max() / counts.sum()) if len(counts) else None,
-        "studies_with_one_category": int(keep.sum()),
-        "by_category": {
-            names[c]: weights[category == c].mean(0).tolist()
-            for c in range(len(names))
-            if (category == c).any()
-        },
-        "by_slice_position": detailed.slice_router.mean(axis=0).tolist(),
-        "within_study_slice_std": float(detailed.slice_router.std(axis=1).mean()),
-    }
-
-
-def _scorable(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """The findings with at least MIN_POSITIVES positives (and a negative); on a set too small
-    for any (a smoke run), every finding with both classes, and the minimum that was used."""
-    positives, negatives = (labels == 1).sum(axis=0), (labels == 0).sum(axis=0)
-    columns = (positives >= MIN_POSITIVES) & (negatives > 0)
-    if columns.any():
-        return columns, MIN_POSITIVES
-    return (positives > 0) & (negatives > 0), 1
-
-
-def fair_comparison(
-    test: dict[str, list[Predictions]], bootstrap: int, reference: str = "molre"
-) -> dict[str, Any]:
-    """Macro AUC over the findings with >= MIN_POSITIVES positives on the test set, per arm
-    (mean over seeds, and each seed) with a bootstrap 95% interval, and the paired bootstrap
-    interval of ``reference`` minus every other arm (the same resampled studies for both)."""
-    first = next(iter(test.values()))[0]
-    labels = first.labels
-    columns, min_positives = _scorable(labels)
-    scored = [FINDING_CODES[j] for j in np.flatnonzero(columns)]
-    rng = np.random.default_rng(0)
-    counts = rng.multinomial(len(labels), np.full(len(labels), 1 / len(labels)), size=bootstrap)
-    resampled: dict[str, np.ndarray] = {}
-    arms: dict[str, Any] = {}
-    for arm, runs in test.items():
-        per_seed = [macro_auc(p, scored) for p in runs]
-        draws = np.zeros(bootstrap)
-        for p in runs:
-            aucs = np.stack(
-                [
-                    resampled_auc(p.probabilities[:, j], labels[:, j], counts)
-                    for j in np.flatnonzero(columns)
-                ],
-                axis=1,
-            )
-            draws += np.nanmean(aucs, axis=1) / len(runs)
-        resampled[arm] = draws
-        arms[arm] = {
-            "macro_auc": float(np.mean(per_seed)),
-            "macro_auc_ci95": np.percentile(draws, [2.5, 97.5]).tolist(),
-            "per_seed": per_seed,
-        }
-    differences = {}
-    if reference in resampled:
-        for arm in resampled:
-            if arm == reference:
-                continue
-            delta = resampled[reference] - resampled[arm]
-            point = arms[reference]["macro_auc"] - arms[arm]["macro_auc"]
-            low, high = np.percentile(delta, [2.5, 97.5]).tolist()
-            differences[arm] = {
-                "difference": point,
-                "ci95": [low, high],
-                "reading": (
-                    f"{reference} better"
-                    if low > 0
-                    else f"{reference} worse"
-                    if high < 0
-                    else "no difference shown"
-                ),
-            }
-    return {
-        "findings_scored": int(columns.sum()),
-        "min_positives": min_positives,
-        "studies": len(labels),
-        "arms": arms,
-        "differences_vs": differences,
-        "reference": reference,
-    }
-
-
-def triage_at_operating_points(calibration: Predictions, test: Predictions) -> dict[str, Any]:
-    """Thresholds chosen for the priority on the calibration set, measured on the test set."""
-    choices, chosen = priority_operating_points(calibration.labels, calibration.probabilities)
-    thresholds = np.array([c.threshold for c in choices])
-    truth, called = true_levels(test.labels), study_levels(test.probabilities, thresholds)
-    points = level_points(truth, called, {p.level: p.false_positive_rate for p in chosen})
-    normal = ~(test.labels == 1).any(axis=1)
-    return {
-        "calibration": [p.to_dict() for p in chosen],
-        "test": [p.to_dict() for p in points],
-        "normal_studies": int(normal.sum()),
-        "normal_called_critical": float((called[normal] == 2).mean()) if normal.any() else None,
-        "critical_studies": int((truth == 2).sum()),
-        "critical_called_critical": float((called[truth == 2] == 2).mean())
-        if (truth == 2).any()
-        else None,
-        "positives_per_study": float((test.probabilities >= thresholds).sum(1).mean()),
-        "true_positives_per_study": float((test.labels == 1).sum(1).mean()),
-        "priority_counts": {
-            name: int((called == level).sum())
-            for level, name in ((2, "critical"), (1, "urgent"), (0, "routine"))
-        },
-    }
 
 
 def run_demo(
@@ -575,147 +365,6 @@ def _arm_table(
             "best_validation_macro_auc": summaries[arm][seed].get("best_validation_macro_auc"),
         }
     return table
-
-
-def _f(value: Any, digits: int = 3) -> str:
-    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
-
-
-def _ci(values: Any) -> str:
-    return "" if not values else f" [{_f(values[0])}, {_f(values[1])}]"
-
-
-def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None) -> str:
-    comparison = summary["fair_comparison"]
-    lines = [
-        f"# {summary['model']}: MoLRE, LoRA and a linear probe on a pretrained stand-in backbone",
-        "",
-        f"> **{SYNTHETIC_NOTE}**",
-        "",
-        f"Test set: {comparison['studies']} held-out phantoms at clinical prevalence. Macro AUC "
-        f"over the {comparison['findings_scored']} findings with at least "
-        f"{comparison['min_positives']} positives; 95% intervals by bootstrap over studies "
-        f"(mean over {len(summary['sizes']['seeds'])} seed(s)).",
-        "",
-        "| arm | macro AUC [95% CI] | per seed | AUC >= 0.90 | 0.80-0.90 | < 0.80 | added params | "
-        "added % | s/step |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for arm, row in summary["three_way"].items():
-        fair = comparison["arms"][arm]
-        strata = row["strata"]
-        lines.append(
-            f"| {arm} | {_f(fair['macro_auc'])}{_ci(fair['macro_auc_ci95'])} | "
-            f"{', '.join(_f(x) for x in fair['per_seed'])} | {strata['auc_ge_0.90']} | "
-            f"{strata['auc_0.80_to_0.90']} | {strata['auc_lt_0.80']} | "
-            f"{row['added_parameters']:,} | {100 * row['added_fraction']:.2f}% | "
-            f"{_f(row['seconds_per_step'])} |"
-        )
-    lines += ["", f"Paired bootstrap, {comparison['reference']} minus each arm:", ""]
-    for arm, d in comparison["differences_vs"].items():
-        lines.append(
-            f"- vs {arm}: {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
-            f"({d['reading']})"
-        )
-    lines += [
-        "",
-        "## Triage at the study-level operating points",
-        "",
-        "Thresholds chosen on the calibration set (clinical prevalence) for critical-study "
-        "sensitivity >= 0.95 and urgent-or-critical >= 0.90, then measured on the test set.",
-        "",
-        "| arm | critical sens. [95% CI] | critical spec. [95% CI] | normals called critical | "
-        "positives per study (true) | critical / urgent / routine |",
-        "|---|---|---|---|---|---|",
-    ]
-    for arm, t in summary["triage"].items():
-        critical = next(p for p in t["test"] if p["level"] == "critical")
-        counts = t["priority_counts"]
-        lines.append(
-            f"| {arm} | {_f(critical['sensitivity'])}{_ci(critical['sensitivity_ci95'])} | "
-            f"{_f(critical['specificity'])}{_ci(critical['specificity_ci95'])} | "
-            f"{_f(t['normal_called_critical'])} of {t['normal_studies']} | "
-            f"{_f(t['positives_per_study'], 1)} ({_f(t['true_positives_per_study'], 1)}) | "
-            f"{counts['critical']} / {counts['urgent']} / {counts['routine']} |"
-        )
-    lines += ["", "## Key slice", ""]
-    for arm, key in summary["key_slice"].items():
-        lines.append(
-            f"- {arm}: the highest-attention slice lies in an annotated focal lesion in "
-            f"{100 * key['key_slice_in_lesion']:.0f}% of {key['studies']} positive test studies "
-            f"(a random slice: {100 * key['chance']:.0f}%)."
-        )
-    router = summary["router"]
-    if router:
-        lines += [
-            "",
-            "## Router (MoLRE)",
-            "",
-            "- Standard deviation of each expert's study weight across test studies: "
-            + ", ".join(_f(x) for x in router["study_weight_std"])
-            + f" (within a study, across slices: {_f(router['within_study_slice_std'])}).",
-            f"- Mutual information between the top expert and the finding category: "
-            f"{_f(router['top_expert_category_mi_bits'])} bits (shuffled categories: "
-            f"{_f(router['top_expert_category_mi_bits_shuffled'])}), over "
-            f"{router['studies_with_one_category']} studies with one category or none.",
-            f"- Category predicted from the study weights (cross-validated logistic regression): "
-            f"{_f(router['category_from_weights_accuracy'])} accuracy, against "
-            f"{_f(router['category_majority_rate'])} for the commonest category.",
-            "",
-            "| category | "
-            + " | ".join(f"E{k}" for k in range(len(router["study_weight_std"])))
-            + " |",
-            "|---|" + "---|" * len(router["study_weight_std"]),
-        ]
-        for name, weights in router["by_category"].items():
-            lines.append(f"| {name} | " + " | ".join(_f(w) for w in weights) + " |")
-        positions = router["by_slice_position"]
-        lines += [
-            "",
-            "Mean expert weights by slice position (inferior to superior, every 4th slice):",
-            "",
-            "| slice | " + " | ".join(f"E{k}" for k in range(len(positions[0]))) + " |",
-            "|---|" + "---|" * len(positions[0]),
-        ]
-        for index in range(0, len(positions), 4):
-            lines.append(f"| {index} | " + " | ".join(_f(w) for w in positions[index]) + " |")
-    per_category = summary["per_category_macro_auc"]
-    lines += ["", "## Per-category macro AUC (all findings with an AUC)", ""]
-    arms = list(per_category)
-    lines += ["| category | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
-    for category in Category:
-        lines.append(
-            f"| {category.value} | "
-            + " | ".join(_f(per_category[a][category.value]) for a in arms)
-            + " |"
-        )
-    ceiling = summary.get("ceiling")
-    if ceiling and metrics is not None:
-        molre = metrics["runs"].get("molre", {}).get("per_finding_auc", {})
-        lines += [
-            "",
-            "## Against the ceiling (what the phantoms allow, `ceiling.md`)",
-            "",
-            "Reference CNN with slice-level targets, study macro AUC "
-            f"{_f(ceiling['study_macro_auc'])}. Weak at the grid: "
-            + (", ".join(f"`{c}`" for c in ceiling["weak_findings"]) or "none")
-            + ".",
-            "",
-            "| finding | ceiling AUC | MoLRE AUC |",
-            "|---|---|---|",
-        ]
-        for finding in FINDINGS:
-            lines.append(
-                f"| `{finding.code}` | {_f(ceiling['per_finding'].get(finding.code))} | "
-                f"{_f(molre.get(finding.code))} |"
-            )
-    lines += [
-        "",
-        "Stage times (s): "
-        + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in summary["stages"].items()),
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def main() -> None:

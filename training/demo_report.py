@@ -1,0 +1,153 @@
+"""The demo's markdown report (``three_way.md``), written from its summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.findings import FINDINGS, Category
+
+SYNTHETIC_NOTE = (
+    "Synthetic phantoms made by `headct synth`: not patient data. The demo model is a "
+    "demonstration, not for clinical use."
+)
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _ci(values: Any) -> str:
+    return "" if not values else f" [{_f(values[0])}, {_f(values[1])}]"
+
+
+def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None) -> str:
+    comparison = summary["fair_comparison"]
+    lines = [
+        f"# {summary['model']}: MoLRE, LoRA and a linear probe on a pretrained stand-in backbone",
+        "",
+        f"> **{SYNTHETIC_NOTE}**",
+        "",
+        f"Test set: {comparison['studies']} held-out phantoms at clinical prevalence. Macro AUC "
+        f"over the {comparison['findings_scored']} findings with at least "
+        f"{comparison['min_positives']} positives; 95% intervals by bootstrap over studies "
+        f"(mean over {len(summary['sizes']['seeds'])} seed(s)).",
+        "",
+        "| arm | macro AUC [95% CI] | per seed | AUC >= 0.90 | 0.80-0.90 | < 0.80 | added params | "
+        "added % | s/step |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, row in summary["three_way"].items():
+        fair = comparison["arms"][arm]
+        strata = row["strata"]
+        lines.append(
+            f"| {arm} | {_f(fair['macro_auc'])}{_ci(fair['macro_auc_ci95'])} | "
+            f"{', '.join(_f(x) for x in fair['per_seed'])} | {strata['auc_ge_0.90']} | "
+            f"{strata['auc_0.80_to_0.90']} | {strata['auc_lt_0.80']} | "
+            f"{row['added_parameters']:,} | {100 * row['added_fraction']:.2f}% | "
+            f"{_f(row['seconds_per_step'])} |"
+        )
+    lines += ["", f"Paired bootstrap, {comparison['reference']} minus each arm:", ""]
+    for arm, d in comparison["differences_vs"].items():
+        lines.append(
+            f"- vs {arm}: {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
+            f"({d['reading']})"
+        )
+    lines += [
+        "",
+        "## Triage at the study-level operating points",
+        "",
+        "Thresholds chosen on the calibration set (clinical prevalence) for critical-study "
+        "sensitivity >= 0.95 and urgent-or-critical >= 0.90, then measured on the test set.",
+        "",
+        "| arm | critical sens. [95% CI] | critical spec. [95% CI] | normals called critical | "
+        "positives per study (true) | critical / urgent / routine |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, t in summary["triage"].items():
+        critical = next(p for p in t["test"] if p["level"] == "critical")
+        counts = t["priority_counts"]
+        lines.append(
+            f"| {arm} | {_f(critical['sensitivity'])}{_ci(critical['sensitivity_ci95'])} | "
+            f"{_f(critical['specificity'])}{_ci(critical['specificity_ci95'])} | "
+            f"{_f(t['normal_called_critical'])} of {t['normal_studies']} | "
+            f"{_f(t['positives_per_study'], 1)} ({_f(t['true_positives_per_study'], 1)}) | "
+            f"{counts['critical']} / {counts['urgent']} / {counts['routine']} |"
+        )
+    lines += ["", "## Key slice", ""]
+    for arm, key in summary["key_slice"].items():
+        lines.append(
+            f"- {arm}: the highest-attention slice lies in an annotated focal lesion in "
+            f"{100 * key['key_slice_in_lesion']:.0f}% of {key['studies']} positive test studies "
+            f"(a random slice: {100 * key['chance']:.0f}%)."
+        )
+    router = summary["router"]
+    if router:
+        lines += [
+            "",
+            "## Router (MoLRE)",
+            "",
+            "- Standard deviation of each expert's study weight across test studies: "
+            + ", ".join(_f(x) for x in router["study_weight_std"])
+            + f" (within a study, across slices: {_f(router['within_study_slice_std'])}).",
+            f"- Mutual information between the top expert and the finding category: "
+            f"{_f(router['top_expert_category_mi_bits'])} bits (shuffled categories: "
+            f"{_f(router['top_expert_category_mi_bits_shuffled'])}), over "
+            f"{router['studies_with_one_category']} studies with one category or none.",
+            f"- Category predicted from the study weights (cross-validated logistic regression): "
+            f"{_f(router['category_from_weights_accuracy'])} accuracy, against "
+            f"{_f(router['category_majority_rate'])} for the commonest category.",
+            "",
+            "| category | "
+            + " | ".join(f"E{k}" for k in range(len(router["study_weight_std"])))
+            + " |",
+            "|---|" + "---|" * len(router["study_weight_std"]),
+        ]
+        for name, weights in router["by_category"].items():
+            lines.append(f"| {name} | " + " | ".join(_f(w) for w in weights) + " |")
+        positions = router["by_slice_position"]
+        lines += [
+            "",
+            "Mean expert weights by slice position (inferior to superior, every 4th slice):",
+            "",
+            "| slice | " + " | ".join(f"E{k}" for k in range(len(positions[0]))) + " |",
+            "|---|" + "---|" * len(positions[0]),
+        ]
+        for index in range(0, len(positions), 4):
+            lines.append(f"| {index} | " + " | ".join(_f(w) for w in positions[index]) + " |")
+    per_category = summary["per_category_macro_auc"]
+    lines += ["", "## Per-category macro AUC (all findings with an AUC)", ""]
+    arms = list(per_category)
+    lines += ["| category | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    for category in Category:
+        lines.append(
+            f"| {category.value} | "
+            + " | ".join(_f(per_category[a][category.value]) for a in arms)
+            + " |"
+        )
+    ceiling = summary.get("ceiling")
+    if ceiling and metrics is not None:
+        molre = metrics["runs"].get("molre", {}).get("per_finding_auc", {})
+        lines += [
+            "",
+            "## Against the ceiling (what the phantoms allow, `ceiling.md`)",
+            "",
+            "Reference CNN with slice-level targets, study macro AUC "
+            f"{_f(ceiling['study_macro_auc'])}. Weak at the grid: "
+            + (", ".join(f"`{c}`" for c in ceiling["weak_findings"]) or "none")
+            + ".",
+            "",
+            "| finding | ceiling AUC | MoLRE AUC |",
+            "|---|---|---|",
+        ]
+        for finding in FINDINGS:
+            lines.append(
+                f"| `{finding.code}` | {_f(ceiling['per_finding'].get(finding.code))} | "
+                f"{_f(molre.get(finding.code))} |"
+            )
+    lines += [
+        "",
+        "Stage times (s): "
+        + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in summary["stages"].items()),
+        "",
+    ]
+    return "\n".join(lines)
