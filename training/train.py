@@ -298,7 +298,16 @@ class Trainer:
         return stop
 
     def _seconds_per_step(self) -> float | None:
-        return float(np.median(self.step_times)) if self.step_times else None
+        """The median step time of this invocation; a run resumed with no epochs left reports
+        the last one its metrics recorded, not none."""
+        if self.step_times:
+            return float(np.median(self.step_times))
+        path = self.out / "metrics.jsonl"
+        recorded = (
+            [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        )
+        times = [r["seconds_per_step"] for r in recorded if r.get("seconds_per_step") is not None]
+        return float(times[-1]) if times else None
 
 
 def _parameter_groups(model: HeadCTModel, config: TrainConfig) -> list[dict[str, Any]]:

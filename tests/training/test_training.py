@@ -101,6 +101,10 @@ def test_save_load_and_resume_are_exact(dataset: Path, tmp_path: Path) -> None:
     assert [m["epoch"] for m in _metrics(interrupted)] == [0, 1]
     train(_config(dataset, interrupted, epochs=3))  # resumes from last.pt at epoch 2
     assert [m["epoch"] for m in _metrics(interrupted)] == [0, 1, 2]
+    # Run again with no epochs left: nothing trains, and the step time is the one recorded.
+    again = train(_config(dataset, interrupted, epochs=3))
+    assert [m["epoch"] for m in _metrics(interrupted)] == [0, 1, 2]
+    assert again["seconds_per_step"] == _metrics(interrupted)[-1]["seconds_per_step"] > 0
     a = torch.load(whole / "last.pt", weights_only=False)["model"]
     b = torch.load(interrupted / "last.pt", weights_only=False)["model"]
     for key in a:
