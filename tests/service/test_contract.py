@@ -29,7 +29,11 @@ from service.model_card import CARD_FILENAME, ModelCard
 from service.preprocess import ModelGrid
 from testing.onnx_fixture import build_graph, fixture_card
 
-SHIPPED = Path(__file__).resolve().parents[2] / "model_repository" / "headct_molre" / "2"
+# The shipped demo model: the repository keeps one version of headct_molre, the newest.
+SHIPPED = max(
+    (Path(__file__).resolve().parents[2] / "model_repository" / "headct_molre").glob("[0-9]*"),
+    key=lambda folder: int(folder.name),
+)
 GRID = ModelGrid(4, 8, 8)
 EXPERTS = 3
 FLOAT = TensorProto.FLOAT
