@@ -215,7 +215,7 @@ REGISTRY: dict[str, BackboneSpec] = {
     "demo_dinov2": BackboneSpec(
         "dinov2", _vit(128, 4, 4, mlp_ratio=2, patch_size=16, image_size=128), 128
     ),
-    # The demo model's backbone (v2, v3): a ViT-Tiny-sized DINOv2 (hidden 192, 6 blocks, 3 heads) on the
+    # The demo model's backbone: a ViT-Tiny-sized DINOv2 (hidden 192, 6 blocks, 3 heads) on the
     # 128 px grid in 16 px patches, pretrained by ``headct pretrain`` on streamed phantoms with
     # slice-level targets (training/weights/demo_vit holds the result).
     "demo_vit": BackboneSpec(
