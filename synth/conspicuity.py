@@ -66,6 +66,8 @@ def _area(volume: np.ndarray, factor: int) -> np.ndarray:
 def measure(
     code: str, seeds: int, options: SynthOptions, grid_matrix: int, noise_sd: float
 ) -> Signature:
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, not {seeds}")
     if options.matrix % grid_matrix:
         raise ValueError(f"matrix {options.matrix} is not a multiple of the grid {grid_matrix}")
     factor = options.matrix // grid_matrix
@@ -77,8 +79,6 @@ def measure(
             generate_study(np.random.default_rng([900, seed]), options, labels=vector)
             for vector in (np.zeros(len(FINDING_CODES), np.uint8), labels)
         ]
-        if any(s.hu.shape != pair[0].hu.shape for s in pair):
-            continue
         low, high = SHOWN_HU
         a, b = (_area(np.clip(s.hu, low, high), factor) for s in pair)
         change = np.abs(b - a)
@@ -90,11 +90,11 @@ def measure(
     return Signature(
         code=code,
         implied=implied,
-        studies=len(voxels),
-        voxels=float(np.mean(voxels)) if voxels else float("nan"),
-        slices=float(np.mean(slices)) if slices else float("nan"),
-        peak_hu=float(np.mean(peaks)) if peaks else float("nan"),
-        detectability=float(np.mean(snr)) if snr else float("nan"),
+        studies=seeds,
+        voxels=float(np.mean(voxels)),
+        slices=float(np.mean(slices)),
+        peak_hu=float(np.mean(peaks)),
+        detectability=float(np.mean(snr)),
     )
 
 

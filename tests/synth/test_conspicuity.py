@@ -52,6 +52,11 @@ def test_a_grid_that_does_not_divide_the_matrix_is_refused() -> None:
         measure("ich_any", 1, SMALL, 48, 1.0)
 
 
+def test_no_seeds_is_refused_not_averaged_into_nan() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        measure("ich_any", 0, SMALL, 32, 1.0)
+
+
 def test_the_command_writes_both_files(tmp_path: Path) -> None:
     out = tmp_path / "signatures"
     done = subprocess.run(
