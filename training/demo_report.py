@@ -47,10 +47,17 @@ def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None
             f"{_f(row['seconds_per_step'])} |"
         )
     lines += ["", f"Paired bootstrap, {comparison['reference']} minus each arm:", ""]
+    reference = comparison["arms"].get(comparison["reference"], {}).get("per_seed", [])
     for arm, d in comparison["differences_vs"].items():
+        # Seed s of every arm trains with the same seed (data order, initial draw): the per-seed
+        # differences show how much the seed moves the comparison, which the interval (over
+        # studies) does not.
+        seeds = comparison["arms"][arm]["per_seed"]
+        paired = [a - b for a, b in zip(reference, seeds, strict=True)]
+        by_seed = f"; per seed {', '.join(f'{x:+.3f}' for x in paired)}" if len(paired) > 1 else ""
         lines.append(
             f"- vs {arm}: {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
-            f"({d['reading']})"
+            f"({d['reading']}{by_seed})"
         )
     lines += [
         "",

@@ -43,6 +43,9 @@ def test_quick_demo_pipeline(tmp_path: Path) -> None:
 
     for name in ("metrics.json", "report.md", "three_way.md", "demo_summary.json"):
         assert (report / name).is_file(), name
+    # With two seeds, each difference also shows the paired difference of each seed.
+    lines = [x for x in (report / "three_way.md").read_text().splitlines() if x.startswith("- vs ")]
+    assert len(lines) == 3 and all(x.count("per seed") == 1 for x in lines)
     assert any(p.name.startswith("radar_molre_vs_lora") for p in report.glob("*.png"))
     text = (report / "three_way.md").read_text()
     assert "not for clinical use" in text and "Paired bootstrap" in text
