@@ -279,10 +279,11 @@ def _print_table(result: dict[str, Any]) -> None:
         + (f"  ({', '.join(triage['findings'])})" if triage["findings"] else "")
     )
     slices = result["slices"]
+    shown = f", evidence for {slices['key_finding']}" if slices.get("key_finding") else ""
     console.print(
         f"Model {model['name']} v{model['version']}; key slice {slices['key_slice']} of "
         f"{slices['count']} (series slice {slices['key_source_index']} of "
-        f"{slices['source_count']}); {result['timing_ms']['total']:.0f} ms"
+        f"{slices['source_count']}{shown}); {result['timing_ms']['total']:.0f} ms"
     )
     table = Table(show_lines=False)
     for column in ("finding", "category", "probability", "threshold", "positive"):

@@ -5,6 +5,11 @@
     ROUTER_WEIGHTS        FP32      [B, K]        the router's expert weights, study mean
     SLICE_ROUTER_WEIGHTS  FP32      [B, D, K]     per slice
     SLICE_ATTENTION       FP32      [B, D]        the pooling's attention over slices
+    SLICE_EVIDENCE        FP32      [B, D, 75]    each slice's share of each finding's logit
+
+SLICE_EVIDENCE is the attention times the head applied to the slice's features: summed over the
+slices, plus the head's bias, it is the study's logit for that finding. The gateway's key slice is
+the slice with the most evidence for the finding behind the triage (``service.postprocess``).
 
 K is the card's expert count (1 for adapters without a router). The export step names the graph's
 tensors from here and checks its graph with ``check_graph`` (training imports ``service``, never
@@ -35,7 +40,13 @@ if TYPE_CHECKING:
     from service.preprocess import ModelGrid
 
 INPUT_NAME = "CT_VOLUME"
-OUTPUT_NAMES = ("PROBABILITIES", "ROUTER_WEIGHTS", "SLICE_ROUTER_WEIGHTS", "SLICE_ATTENTION")
+OUTPUT_NAMES = (
+    "PROBABILITIES",
+    "ROUTER_WEIGHTS",
+    "SLICE_ROUTER_WEIGHTS",
+    "SLICE_ATTENTION",
+    "SLICE_EVIDENCE",
+)
 INPUT_DTYPE = np.dtype(np.int16)  # Hounsfield units, as the scanner stores them
 OUTPUT_DTYPE = np.dtype(np.float32)
 # The element types as onnxruntime reports them and as Triton names them (config.pbtxt adds the
@@ -78,7 +89,7 @@ def input_shape(grid: ModelGrid) -> tuple[int, int, int]:
 
 def output_shapes(depth: int, experts: int) -> dict[str, tuple[int, ...]]:
     """Each output's shape after the batch dimension, in ``OUTPUT_NAMES`` order."""
-    shapes = ((NUM_FINDINGS,), (experts,), (depth, experts), (depth,))
+    shapes = ((NUM_FINDINGS,), (experts,), (depth, experts), (depth,), (depth, NUM_FINDINGS))
     return dict(zip(OUTPUT_NAMES, shapes, strict=True))
 
 
@@ -96,8 +107,8 @@ def _check_tensor(
 
 
 def check_graph(session: ort.InferenceSession, grid: ModelGrid, experts: int) -> None:
-    """The graph's one input and four outputs are the contract's on ``grid`` with ``experts``
-    experts: names, element types, ranks and static dimensions. Outputs beyond the four are
+    """The graph's one input and five outputs are the contract's on ``grid`` with ``experts``
+    experts: names, element types, ranks and static dimensions. Outputs beyond the five are
     ignored; an input beyond ``CT_VOLUME`` is refused (the gateway feeds only that one)."""
     inputs = {i.name: i for i in session.get_inputs()}
     if INPUT_NAME not in inputs:
@@ -123,6 +134,7 @@ class ModelOutputs:
     router_weights: np.ndarray  # float32 [B, K], study mean
     slice_router_weights: np.ndarray  # float32 [B, D, K]
     slice_attention: np.ndarray  # float32 [B, D]
+    slice_evidence: np.ndarray  # float32 [B, D, 75]
 
     @classmethod
     def from_named(
@@ -147,4 +159,5 @@ class ModelOutputs:
             router_weights=arrays["ROUTER_WEIGHTS"],
             slice_router_weights=arrays["SLICE_ROUTER_WEIGHTS"],
             slice_attention=arrays["SLICE_ATTENTION"],
+            slice_evidence=arrays["SLICE_EVIDENCE"],
         )

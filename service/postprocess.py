@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.contract import ModelOutputs
-from service.findings import triage_drivers, triage_priority
+from service.findings import FINDING_CODES, triage_drivers, triage_priority
 from service.ingest import IngestResult
 from service.model_card import ModelCard
 from service.schemas import (
@@ -36,9 +36,31 @@ def score_findings(card: ModelCard, probabilities: np.ndarray) -> list[FindingRe
     ]
 
 
-def key_slices(ingest: IngestResult, attention: np.ndarray) -> Slices:
-    """The grid slice with the highest attention, and the series slice nearest to it."""
-    key = int(np.argmax(attention))
+def key_finding(probabilities: np.ndarray, thresholds: np.ndarray) -> int:
+    """The finding the key slice shows, as an index in ``service.findings`` order: of the
+    findings behind the triage (else the positive ones, else all), the one furthest above its
+    threshold in logits, which compares findings whose thresholds differ."""
+    positive = probabilities >= thresholds
+    drivers = set(triage_drivers(c for c, p in zip(FINDING_CODES, positive, strict=True) if p))
+    mask = np.array([c in drivers for c in FINDING_CODES])
+    if not mask.any():
+        mask = positive if positive.any() else np.ones_like(positive)
+    margin = _logit(probabilities) - _logit(thresholds)
+    return int(np.flatnonzero(mask)[np.argmax(margin[mask])])
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def key_slices(
+    ingest: IngestResult, attention: np.ndarray, shares: np.ndarray, code: str
+) -> Slices:
+    """The grid slice with the most evidence ``shares`` [D] for finding ``code`` (a slice's
+    attention times the head's score of its features: its share of the finding's logit), and the
+    series slice nearest to it."""
+    key = int(np.argmax(shares))
     volume = ingest.volume
     source = np.asarray(volume.source_positions_mm, dtype=np.float64)
     nearest = int(np.argmin(np.abs(source - float(volume.positions_mm[key])))) if source.size else 0
@@ -47,6 +69,8 @@ def key_slices(ingest: IngestResult, attention: np.ndarray) -> Slices:
         count=int(attention.shape[0]),
         attention=attention.tolist(),
         key_slice=key,
+        key_finding=code,
+        evidence=shares.tolist(),
         source_count=len(ingest.stack.slices),
         key_source_index=nearest,
         key_sop_instance_uid=str(uid) if uid else None,
@@ -63,18 +87,26 @@ def build_result(
     """The result for study ``index`` of the batch. ``timing_ms`` must hold every stage."""
     findings = score_findings(card, outputs.probabilities[index])
     positives = [f.code for f in findings if f.positive]
+    drivers = triage_drivers(positives)
+    thresholds = np.array([f.threshold for f in card.findings])
+    shown = key_finding(outputs.probabilities[index], thresholds)
     return TriageResult(
         study_uid=ingest.study_uid,
         series_uid=ingest.series_uid,
         model=ModelRef(name=card.name, version=card.version),
         findings=findings,
-        triage=Triage(priority=triage_priority(positives), findings=triage_drivers(positives)),
+        triage=Triage(priority=triage_priority(positives), findings=drivers),
         router=Router(
             experts=card.adapter.experts,
             study_weights=outputs.router_weights[index].tolist(),
             slice_weights=outputs.slice_router_weights[index].tolist(),
         ),
-        slices=key_slices(ingest, outputs.slice_attention[index]),
+        slices=key_slices(
+            ingest,
+            outputs.slice_attention[index],
+            outputs.slice_evidence[index][:, shown],
+            findings[shown].code,
+        ),
         timing_ms=Timing(**{k: round(v, 3) for k, v in timing_ms.items()}),
         warnings=list(ingest.warnings),
         disclaimer=card.intended_use,

@@ -49,6 +49,8 @@ def _build_example() -> dict[str, Any]:
             "count": 32,
             "attention": attention,
             "key_slice": 19,
+            "key_finding": "subdural_hematoma_acute",
+            "evidence": [round(-0.02 + (0.35 if 17 <= i <= 21 else 0.0), 3) for i in range(32)],
             "source_count": 36,
             "key_source_index": 21,
             "key_sop_instance_uid": "1.2.826.0.1.3680043.8.498.3.22",
@@ -99,7 +101,21 @@ class Router(BaseModel):
 class Slices(BaseModel):
     count: int = Field(description="D, slices of the model grid (slice 0 inferior).")
     attention: list[float] = Field(description="Attention-pooling weight per grid slice, [D].")
-    key_slice: int = Field(description="Grid slice with the highest attention.")
+    key_slice: int = Field(
+        description="Grid slice with the most evidence for key_finding (attention alone when the "
+        "result predates the evidence output)."
+    )
+    # Results stored before the model had SLICE_EVIDENCE have neither field: they read as null.
+    key_finding: str | None = Field(
+        default=None,
+        description="The finding the key slice shows: of the findings behind the triage (else "
+        "the positive ones, else all) the one furthest above its threshold in logits.",
+    )
+    evidence: list[float] | None = Field(
+        default=None,
+        description="key_finding's evidence per grid slice, [D]: the slice's attention times the "
+        "head's score of its features, its additive share of that finding's logit.",
+    )
     source_count: int = Field(description="Slices of the selected series.")
     key_source_index: int = Field(
         description="Index (inferior to superior) of the series slice nearest the key slice."

@@ -4,7 +4,8 @@ Input ``CT_VOLUME`` INT16 ``[B, D, H, W]`` (dynamic B); per slice, the mean of t
 three windows (brain, subdural, bone) is the slice's feature vector. A softmax over slices of a
 linear score gives ``SLICE_ATTENTION``; a softmax over K experts of another linear map gives
 ``SLICE_ROUTER_WEIGHTS`` (and their mean over slices ``ROUTER_WEIGHTS``); the attention-pooled
-features through a 75-way linear layer and a sigmoid give ``PROBABILITIES``. Every output depends
+features through a 75-way linear layer and a sigmoid give ``PROBABILITIES``, and each slice's
+features through the same layer times its attention ``SLICE_EVIDENCE``. Every output depends
 on the input, so different studies give different results. The card travels beside the model and
 in its metadata, as the export step writes them.
 """
@@ -74,7 +75,7 @@ def _const(name: str, value: np.ndarray) -> TensorProto:
 def build_graph(card: ModelCard, seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     d, k, f = card.grid.depth, card.adapter.experts, len(card.findings)
-    probabilities, router, slice_router, attention = OUTPUT_NAMES
+    probabilities, router, slice_router, attention, evidence = OUTPUT_NAMES
     n_feat = len(card.windows)
     lows = np.array([window.low for window in card.windows], dtype=np.float32)
     widths = np.array([window.width for window in card.windows], dtype=np.float32)
@@ -119,6 +120,9 @@ def build_graph(card: ModelCard, seed: int = 0) -> onnx.ModelProto:
         n("MatMul", ["pooled", "w_head"], ["head_mm"]),
         n("Add", ["head_mm", "b_head"], ["logits"]),
         n("Sigmoid", ["logits"], [probabilities]),
+        n("MatMul", ["feat", "w_head"], ["slice_head"]),  # [B, D, 75]
+        n("Unsqueeze", [attention, "axis_last"], ["att_col"]),  # [B, D, 1]
+        n("Mul", ["att_col", "slice_head"], [evidence]),
     ]
     volume = ["batch", *input_shape(card.grid.to_model_grid())]
     graph = helper.make_graph(

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from synth import SynthOptions, synthesize
@@ -252,7 +253,12 @@ def run_demo(
         {a: [d.predictions for d in test[a]] for a in order}, sizes.bootstrap
     )
     triage = {a: triage_at_operating_points(calibration[a], test[a][0].predictions) for a in order}
-    key_slice = {a: key_slice_check(test[a][0], folders["test"], sizes.grid[0]) for a in order}
+    key_slice = {
+        a: key_slice_check(
+            test[a][0], folders["test"], sizes.grid[0], np.array(triage[a]["thresholds"])
+        )
+        for a in order
+    }
     router = router_dependence(test["molre"][0]) if "molre" in test else {}
     stages["evaluate_s"] = time.perf_counter() - tick
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from service.findings import FINDING_CODES, Category
+from service.postprocess import key_finding
 from training.evaluate import Predictions, category_positive, macro_auc, resampled_auc
 from training.model import ModelOutput
 from training.operating_points import (
@@ -33,40 +34,61 @@ class Detailed:
     predictions: Predictions
     attention: np.ndarray  # [N, D]
     slice_router: np.ndarray  # [N, D, K]
+    evidence: np.ndarray  # [N, D, 75]
 
 
 def predict_detailed(run: Path, data: Path, name: str) -> Detailed:
-    attention, slices = [], []
+    attention, slices, evidence = [], [], []
 
     def keep(output: ModelOutput) -> None:
         attention.append(output.slice_attention.numpy())
         slices.append(output.slice_router_weights.numpy())
+        evidence.append(output.slice_evidence.numpy())
 
     predictions = predict_run(run, data, name=name, batch_size=BATCH, each_output=keep)
-    return Detailed(predictions, np.concatenate(attention), np.concatenate(slices))
+    return Detailed(
+        predictions, np.concatenate(attention), np.concatenate(slices), np.concatenate(evidence)
+    )
 
 
-def key_slice_check(detailed: Detailed, test: Path, depth: int) -> dict[str, float]:
-    """For positive test studies: how often the highest-attention slice lies inside an annotated
-    lesion of one of the study's focal findings (those covering under half of the slices), against
-    the chance rate of a random slice."""
+def key_slice_check(
+    detailed: Detailed, test: Path, depth: int, thresholds: np.ndarray
+) -> dict[str, float]:
+    """For positive test studies: how often the key slice lies inside an annotated lesion of one
+    of the study's focal findings (those covering under half of the slices), against the chance
+    rate of a random slice. The key slice as the gateway picks it (the most evidence for the key
+    finding at ``thresholds``), and the highest-attention slice beside it."""
     annotations = json.loads((test / "annotations.json").read_text())
     source_slices = int(annotations["options"]["slices"])
-    hits, chance, counted = 0, 0.0, 0
-    for uid, row in zip(detailed.predictions.study_uids, detailed.attention, strict=True):
+
+    def in_lesion(grid_slice: int, inside: set[int]) -> bool:
+        # Grid slices span the series' first to last slice: map the key slice back.
+        return round(grid_slice * (source_slices - 1) / max(depth - 1, 1)) in inside
+
+    hits, attention_hits, chance, counted = 0, 0, 0.0, 0
+    rows = zip(
+        detailed.predictions.study_uids,
+        detailed.predictions.probabilities,
+        detailed.attention,
+        detailed.evidence,
+        strict=True,
+    )
+    for uid, probabilities, attention, evidence in rows:
         focal = [s for s in annotations.get(uid, {}).values() if len(s) < source_slices / 2]
         if not focal:
             continue
         inside = {int(x) for s in focal for x in s}
-        # Grid slices span the series' first to last slice: map the key slice back.
-        key = round(int(np.argmax(row)) * (source_slices - 1) / max(depth - 1, 1))
-        hits += key in inside
+        shown = key_finding(probabilities, thresholds)
+        hits += in_lesion(int(np.argmax(evidence[:, shown])), inside)
+        attention_hits += in_lesion(int(np.argmax(attention)), inside)
         chance += len(inside) / source_slices
         counted += 1
+    nan = float("nan")
     return {
         "studies": counted,
-        "key_slice_in_lesion": hits / counted if counted else float("nan"),
-        "chance": chance / counted if counted else float("nan"),
+        "key_slice_in_lesion": hits / counted if counted else nan,
+        "attention_slice_in_lesion": attention_hits / counted if counted else nan,
+        "chance": chance / counted if counted else nan,
     }
 
 
@@ -222,6 +244,7 @@ def triage_at_operating_points(calibration: Predictions, test: Predictions) -> d
         "critical_called_critical": float((called[truth == 2] == 2).mean())
         if (truth == 2).any()
         else None,
+        "thresholds": thresholds.tolist(),
         "positives_per_study": float((test.probabilities >= thresholds).sum(1).mean()),
         "true_positives_per_study": float((test.labels == 1).sum(1).mean()),
         "priority_counts": {

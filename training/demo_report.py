@@ -80,12 +80,23 @@ def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None
             f"{_f(t['positives_per_study'], 1)} ({_f(t['true_positives_per_study'], 1)}) | "
             f"{counts['critical']} / {counts['urgent']} / {counts['routine']} |"
         )
-    lines += ["", "## Key slice", ""]
+    lines += [
+        "",
+        "## Key slice",
+        "",
+        "The gateway's key slice is the slice with the most evidence (attention times the head's "
+        "score of the slice's features) for the key finding: the triage finding furthest above "
+        "its threshold. How often it lies in an annotated focal lesion of a positive test study:",
+        "",
+    ]
     for arm, key in summary["key_slice"].items():
+        attention = key.get("attention_slice_in_lesion")
+        beside = (
+            f"; the highest-attention slice {100 * attention:.0f}%" if attention is not None else ""
+        )
         lines.append(
-            f"- {arm}: the highest-attention slice lies in an annotated focal lesion in "
-            f"{100 * key['key_slice_in_lesion']:.0f}% of {key['studies']} positive test studies "
-            f"(a random slice: {100 * key['chance']:.0f}%)."
+            f"- {arm}: {100 * key['key_slice_in_lesion']:.0f}% of {key['studies']} studies "
+            f"(a random slice: {100 * key['chance']:.0f}%{beside})."
         )
     router = summary["router"]
     if router:

@@ -72,7 +72,7 @@ RESEARCH_USE = (
     "validated for clinical use."
 )
 
-Outputs = tuple[np.ndarray, ...]  # the four contract outputs, in OUTPUT_NAMES order
+Outputs = tuple[np.ndarray, ...]  # the contract's outputs, in OUTPUT_NAMES order
 
 
 class ExportError(RuntimeError):
@@ -80,7 +80,7 @@ class ExportError(RuntimeError):
 
 
 class ServingGraph(nn.Module):
-    """The model as served: HU in, the contract's four outputs in the contract's order."""
+    """The model as served: HU in, the contract's outputs in the contract's order."""
 
     def __init__(self, model: HeadCTModel) -> None:
         super().__init__()
@@ -88,7 +88,13 @@ class ServingGraph(nn.Module):
 
     def forward(self, volume: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(volume)
-        return out.probabilities, out.router_weights, out.slice_router_weights, out.slice_attention
+        return (
+            out.probabilities,
+            out.router_weights,
+            out.slice_router_weights,
+            out.slice_attention,
+            out.slice_evidence,
+        )
 
 
 def synthetic_volumes(grid: ModelGrid, count: int, seed: int = 0) -> np.ndarray:

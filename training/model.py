@@ -91,6 +91,9 @@ class ModelOutput(NamedTuple):
     slice_router_weights: torch.Tensor  # [B, D, K]: mean over layers
     slice_attention: torch.Tensor  # [B, D]
     gates: torch.Tensor  # [B, D, L, K]: per adapted layer (load-balancing loss, analysis)
+    # [B, D, 75]: each slice's additive share of each logit (attention times the head on the
+    # slice's features); over the slices it sums to the logit less the head's bias.
+    slice_evidence: torch.Tensor
 
 
 class HeadCTModel(nn.Module):
@@ -215,13 +218,16 @@ class HeadCTModel(nn.Module):
         features = self.feature_norm(features.flatten(0, 1)).unflatten(0, features.shape[:2])
         study, attention = self.pooling(features, slice_mask)
         logits = self.head(study)
+        evidence = attention.unsqueeze(-1) * (features @ self.head.weight.T)
         slice_router = gates.mean(dim=2)
         if slice_mask is None:
             router = slice_router.mean(dim=1)
         else:
             weights = slice_mask.to(slice_router.dtype).unsqueeze(-1)
             router = (slice_router * weights).sum(1) / weights.sum(1).clamp(min=1)
-        return ModelOutput(logits, torch.sigmoid(logits), router, slice_router, attention, gates)
+        return ModelOutput(
+            logits, torch.sigmoid(logits), router, slice_router, attention, gates, evidence
+        )
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what training changes: adapters, routers, pooling and head (everything for

@@ -1,7 +1,7 @@
 """What the gateway needs from an inference backend, whichever runs the model.
 
 One ``Protocol``: the model card, readiness, and ``infer`` on a batch of INT16 HU volumes
-returning the four output tensors of the model contract (``service.contract``). Calls are
+returning the output tensors of the model contract (``service.contract``). Calls are
 synchronous and may block (onnxruntime computing, tritonclient waiting on the network): the triage
 pipeline (``service.pipeline``) runs them in worker threads with a deadline.
 """

@@ -61,6 +61,7 @@ class Columns:
     )
     TAIL = (
         "key_slice",
+        "key_finding",
         "key_source_index",
         "key_sop_instance_uid",
         "instances",
@@ -72,7 +73,7 @@ class Columns:
         "model_name",
         "model_version",
     )
-    STRINGS = frozenset((*HEAD, "key_sop_instance_uid", "warnings", "model_name"))
+    STRINGS = frozenset((*HEAD, "key_finding", "key_sop_instance_uid", "warnings", "model_name"))
     INTEGERS = frozenset(("key_slice", "key_source_index", "instances", "model_version"))
 
     def __init__(self, finding_codes: Sequence[str], experts: int) -> None:
@@ -109,6 +110,7 @@ def triaged_row(result: TriageResult, instances: int | None, inference_ms: float
     row.update(
         {
             "key_slice": result.slices.key_slice,
+            "key_finding": result.slices.key_finding,
             "key_source_index": result.slices.key_source_index,
             "key_sop_instance_uid": result.slices.key_sop_instance_uid,
             "instances": instances,

@@ -40,6 +40,7 @@ def assert_row_is_the_result(row: Row, result: TriageResult) -> None:
     weights = [row[f"router_weight_{k}"] for k in range(result.router.experts)]
     np.testing.assert_allclose(weights, result.router.study_weights, rtol=0, atol=1e-6)
     assert row["key_slice"] == result.slices.key_slice
+    assert row["key_finding"] == result.slices.key_finding and row["key_finding"]
     assert row["key_sop_instance_uid"] == result.slices.key_sop_instance_uid
     assert (row["model_name"], row["model_version"]) == (result.model.name, result.model.version)
 

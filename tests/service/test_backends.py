@@ -164,6 +164,7 @@ class _FakeTritonClient:
                 "ROUTER_WEIGHTS": outputs.router_weights,
                 "SLICE_ROUTER_WEIGHTS": outputs.slice_router_weights,
                 "SLICE_ATTENTION": outputs.slice_attention,
+                "SLICE_EVIDENCE": outputs.slice_evidence,
             }
         )
 

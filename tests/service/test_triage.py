@@ -29,9 +29,15 @@ def _in_process(fixture_model: FixtureModel, files: list[Path]) -> dict[str, np.
         "router": outputs.router_weights[0],
         "slice_router": outputs.slice_router_weights[0],
         "attention": outputs.slice_attention[0],
+        "evidence": outputs.slice_evidence[0],
         "study_uid": np.array(ingest.study_uid),
         "series_uid": np.array(ingest.series_uid),
     }
+
+
+def logit(p: float) -> float:
+    p = min(max(p, 1e-7), 1 - 1e-7)
+    return float(np.log(p / (1 - p)))
 
 
 def _probabilities(body: dict[str, Any]) -> np.ndarray:
@@ -69,7 +75,23 @@ def test_multipart_result_equals_in_process(
     assert body["router"]["experts"] == card.adapter.experts
     slices = body["slices"]
     assert slices["count"] == card.grid.depth
-    assert slices["key_slice"] == int(np.argmax(expected["attention"]))
+
+    # The key finding is the triage finding furthest above its threshold (in logits), and the
+    # key slice holds the most of its evidence.
+    def margin(f: dict[str, Any]) -> float:
+        return float(logit(f["probability"]) - logit(f["threshold"]))
+
+    drivers = body["triage"]["findings"]
+    pool = (
+        [f for f in body["findings"] if f["code"] in drivers]
+        or [f for f in body["findings"] if f["positive"]]
+        or body["findings"]
+    )
+    shown = max(pool, key=margin)
+    column = list(FINDING_CODES).index(shown["code"])
+    assert slices["key_finding"] == shown["code"]
+    np.testing.assert_allclose(slices["evidence"], expected["evidence"][:, column], atol=1e-6)
+    assert slices["key_slice"] == int(np.argmax(expected["evidence"][:, column]))
     assert slices["source_count"] == SLICES
     assert 0 <= slices["key_source_index"] < SLICES
     assert slices["key_sop_instance_uid"]

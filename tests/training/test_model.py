@@ -42,6 +42,11 @@ def test_forward_gives_the_documented_shapes(name: str, adapter: str) -> None:
     assert torch.allclose(output.gates.sum(-1), torch.ones(2, 6, layers), atol=1e-5)
     assert torch.allclose(output.slice_attention.sum(-1), torch.ones(2), atol=1e-5)
     assert ((output.probabilities > 0) & (output.probabilities < 1)).all()
+    # Each slice's evidence is its additive share of the logits: over the slices, plus the
+    # head's bias, it gives them back.
+    assert output.slice_evidence.shape == (2, 6, NUM_FINDINGS)
+    rebuilt = output.slice_evidence.sum(1) + model.head.bias
+    assert torch.allclose(rebuilt, output.logits, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["tiny_siglip", "tiny_resnet3d"])
@@ -109,6 +114,7 @@ def test_padded_slices_get_no_attention() -> None:
     mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
     output = model(_volume(), slice_mask=mask)
     assert torch.all(output.slice_attention[1, 4:] == 0)
+    assert torch.all(output.slice_evidence[1, 4:] == 0)
     assert torch.allclose(output.slice_attention.sum(-1), torch.ones(2), atol=1e-6)
 
 

@@ -227,7 +227,8 @@ def test_slices_open_at_the_key_slice_and_scroll_by_keyboard_wheel_and_strip(
     key, depth = api_result["slices"]["key_slice"], api_result["slices"]["count"]
     at_key = page.execute_script(CANVAS_SIGNATURE)
     assert at_key["slice"] == key and at_key["window"] == "brain" and at_key["red"] > 0
-    assert "key slice" in page.find_element(By.ID, "slice-label").text
+    shown = api_result["slices"]["key_finding"]
+    assert f"key slice ({shown})" in page.find_element(By.ID, "slice-label").text
 
     stage = page.find_element(By.ID, "slice-stage")
     stage.click()

@@ -117,7 +117,8 @@ export class SliceViewer {
     if (!this.depth) return;
     this.index = Math.max(0, Math.min(this.depth - 1, Math.round(index)));
     this.range.value = String(this.index);
-    const key = this.index === this.keySlice ? " · key slice" : "";
+    const shown = this.result.slices.key_finding;
+    const key = this.index === this.keySlice ? ` · key slice${shown ? ` (${shown})` : ""}` : "";
     const text = `Slice ${this.index + 1} of ${this.depth}${key} · attention ${this.attention[this.index].toFixed(3)}`;
     this.label.textContent = text;
     this.range.setAttribute("aria-valuetext", text);
