@@ -51,7 +51,8 @@ def key_finding(probabilities: np.ndarray, thresholds: np.ndarray) -> int:
 
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
+    logits: np.ndarray = np.log(p / (1 - p))
+    return logits
 
 
 def key_slices(
