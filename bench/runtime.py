@@ -67,7 +67,9 @@ def model_from_card(card: ModelCard) -> HeadCTModel:
             dropout=0.0,
             target_modules=tuple(adapter.targets),
         )
-    return build_model(card.backbone.name, adapter.kind, molre).eval()
+    return build_model(
+        card.backbone.name, adapter.kind, molre, slice_head=adapter.slice_head
+    ).eval()
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -135,7 +137,7 @@ def _model_timings(
     torch.set_num_threads(threads or torch.get_num_threads())
     grid = ModelGrid(card.grid.depth, card.grid.height, card.grid.width)
     model = model_from_card(card)
-    without = build_model(card.backbone.name, "probe").eval()
+    without = build_model(card.backbone.name, "probe", slice_head=card.adapter.slice_head).eval()
     export_onnx(without, grid, scratch / "no_experts.onnx")
     int8_path = folder / "model.int8.onnx"
     if not int8_path.is_file():

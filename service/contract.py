@@ -7,8 +7,9 @@
     SLICE_ATTENTION       FP32      [B, D]        the pooling's attention over slices
     SLICE_EVIDENCE        FP32      [B, D, 75]    each slice's share of each finding's logit
 
-SLICE_EVIDENCE is the attention times the head applied to the slice's features: summed over the
-slices, plus the head's bias, it is the study's logit for that finding. The gateway's key slice is
+SLICE_EVIDENCE is the attention times the head applied to the slice's features (plus, in a model
+with a slice head, the slice's softmax weight times that head's score of it): summed over the
+slices, plus the heads' biases, it is the study's logit for that finding. The gateway's key slice is
 the slice with the most evidence for the finding behind the triage (``service.postprocess``).
 
 K is the card's expert count (1 for adapters without a router). The export step names the graph's

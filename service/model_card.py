@@ -78,6 +78,11 @@ class CardAdapter(_Strict):
         "(shared), or one per adapted layer; None without a router (or a card from before).",
     )
     targets: list[str] = Field(default_factory=list)
+    slice_head: bool = Field(
+        default=False,
+        description="Whether the model scores each slice with a slice-level head beside the "
+        "attention pooling (training.model); False on cards from before it existed.",
+    )
     added_parameters: int | None = None
     added_fraction: float | None = None
 

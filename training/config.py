@@ -44,6 +44,14 @@ class TrainConfig:
     grid: tuple[int, int, int] = field(
         default=TRAIN_GRID, metadata={"help": "Model grid: slices, rows, columns."}
     )
+    slice_head: bool = field(
+        default=False,
+        metadata={
+            "help": "Add a slice-level head beside the attention pooling: each slice scored on "
+            "its own, the scores' softmax-weighted mean over slices added to each logit. It "
+            "starts from the backbone's pretraining head where the weights folder has one."
+        },
+    )
     synthetic: bool | None = field(
         default=None,
         metadata={

@@ -94,6 +94,9 @@ class DemoSizes:
     # The registered backbone the committed ``weights`` belong to (when pretrain_steps is 0).
     backbone: str = BACKBONE
     lr: float = 2e-3
+    # Every arm's head: attention pooling, plus the slice-level head started from the backbone's
+    # pretraining head (training.model).
+    slice_head: bool = True
     # MoLRE's router (training.molre.config): per_layer, or shared (one per model).
     router: str = "per_layer"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -190,6 +193,7 @@ def arm_config(
         adapter=settings.pop("adapter"),
         molre=MoLREConfig(**molre),
         grid=sizes.grid,
+        slice_head=sizes.slice_head,
         epochs=sizes.adapter_epochs,
         batch_size=sizes.batch_size,
         lr=sizes.lr,
@@ -391,6 +395,12 @@ def main() -> None:
     parser.add_argument("--arms", default="probe,lora,lora_matched,molre")
     parser.add_argument("--router", default="per_layer", choices=ROUTERS, help="MoLRE's router.")
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument(
+        "--slice-head",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Every arm adds the slice-level head (--no-slice-head: attention pooling only).",
+    )
     parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke run.")
     parser.add_argument("--no-export", action="store_true")
     args = parser.parse_args()
@@ -402,6 +412,7 @@ def main() -> None:
         arms=tuple(args.arms.split(",")),
         backbone=args.backbone,
         router=args.router,
+        slice_head=args.slice_head,
     )
     if args.epochs:
         sizes = replace(sizes, adapter_epochs=args.epochs)

@@ -266,10 +266,12 @@ def build_card(
             if synthetic
             else f"{config.train.data} ({studies})."
         )
+    heads = ", and a slice head beside the attention pooling" if summary["slice_head"] else ""
     description = (
         f"{summary['kind']} adapter ({summary['experts']} experts) on a {config.backbone} "
-        "backbone: probabilities of 75 head CT findings, the router's expert weights and per-slice "
-        f"attention, from a non-contrast head CT resampled to {d}x{h}x{w}."
+        f"backbone{heads}: probabilities of 75 head CT findings, the router's expert weights, "
+        "per-slice attention and each slice's evidence for each finding, from a non-contrast "
+        f"head CT resampled to {d}x{h}x{w}."
     )
     if synthetic:
         description += " Trained on synthetic phantoms: not for clinical use."

@@ -3,6 +3,8 @@
     CT_VOLUME [B, D, H, W] HU ─► three HU windows as channels ─► resize slices to the backbone's
     input ─► normalise ─► backbone (+ MoLRE experts) per slice (2D) or per volume (3D)
     ─► gated attention over slices ─► Linear(F, 75)
+    (+ with ``slice_head``: Linear(F, 75) on each slice ─► per finding, the slices' logits
+    averaged with their own softmax over slices, a smooth maximum ─► added to the logits)
 
 Windowing and normalisation live inside ``forward`` so the exported ONNX graph takes raw HU (the
 serving contract: the gateway sends HU and the model owns its windows). Adapters:
@@ -14,25 +16,36 @@ serving contract: the gateway sends HU and the model owns its windows). Adapters
   input, the slice's foundation features, then with the experts mixed by those gates in every
   adapted layer;
 - ``full``: everything trains (used to make the demo backbone).
+
+The slice head reads each slice on its own, so a finding that lives on a few slices is not
+diluted by the attention's average over the study. When the backbone's weights folder holds the
+slice-level head it was pretrained with (``pretraining_heads.safetensors``), the slice head starts
+from it for the findings it was pretrained on, and from zero (no contribution) for the others.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from service.contract import ADAPTER_KINDS, DEFAULT_WINDOWS, AdapterKind, HUWindow
-from service.findings import NUM_FINDINGS
+from service.findings import FINDING_CODES, NUM_FINDINGS
 from training.backbones import SliceBackbone, create_backbone
 from training.molre import MoLREConfig
 from training.molre.injector import expert_layers, inject_molre
 from training.molre.layer import ExpertRouter
 from training.pooling import GatedAttentionPooling
+
+# The slice-level head ``headct pretrain`` exports beside the backbone (``training.pretrain``).
+PRETRAINING_HEADS = "pretraining_heads.safetensors"
+PRETRAINING_CARD = "pretraining.json"
 
 
 def is_router(name: str) -> bool:
@@ -92,7 +105,8 @@ class ModelOutput(NamedTuple):
     slice_attention: torch.Tensor  # [B, D]
     gates: torch.Tensor  # [B, D, L, K]: per adapted layer (load-balancing loss, analysis)
     # [B, D, 75]: each slice's additive share of each logit (attention times the head on the
-    # slice's features); over the slices it sums to the logit less the head's bias.
+    # slice's features, plus the slice head's softmax weight times its score of the slice); over
+    # the slices it sums to the logit less the heads' biases.
     slice_evidence: torch.Tensor
 
 
@@ -107,6 +121,7 @@ class HeadCTModel(nn.Module):
         molre: MoLREConfig | None = None,
         windows: Sequence[HUWindow] = DEFAULT_WINDOWS,
         pooling_hidden: int = 128,
+        slice_head: bool = False,
     ) -> None:
         super().__init__()
         if adapter not in ADAPTER_KINDS:
@@ -143,6 +158,30 @@ class HeadCTModel(nn.Module):
         self.feature_norm = nn.BatchNorm1d(backbone.feature_dim)
         self.pooling = GatedAttentionPooling(backbone.feature_dim, pooling_hidden)
         self.head = nn.Linear(backbone.feature_dim, NUM_FINDINGS)
+        # Reads the raw (un-normalised) slice features, as the backbone's pretraining head did.
+        self.slice_head: nn.Linear | None = None
+        if slice_head:
+            self.slice_head = nn.Linear(backbone.feature_dim, NUM_FINDINGS)
+            nn.init.zeros_(self.slice_head.weight)
+            nn.init.zeros_(self.slice_head.bias)
+
+    def init_slice_head(self, weights: Path) -> list[str]:
+        """Start the slice head from the pretraining head in the backbone's weights folder, for
+        the findings it was pretrained on; returns them (none when the folder has no head, or its
+        head does not fit these features)."""
+        heads, card = weights / PRETRAINING_HEADS, weights / PRETRAINING_CARD
+        if self.slice_head is None or not heads.is_file() or not card.is_file():
+            return []
+        findings = list(json.loads(card.read_text())["findings"])
+        state = load_file(heads)
+        weight, bias = state["findings.weight"].float(), state["findings.bias"].float()
+        if weight.shape != (len(findings), self.slice_head.in_features):
+            return []
+        rows = [FINDING_CODES.index(code) for code in findings]
+        with torch.no_grad():
+            self.slice_head.weight[rows] = weight
+            self.slice_head.bias[rows] = bias
+        return findings
 
     @property
     def experts(self) -> int:
@@ -157,6 +196,7 @@ class HeadCTModel(nn.Module):
             "alpha": self.molre.alpha if self.molre else None,
             "router": self.molre.router if self.molre and self.molre.experts > 1 else None,
             "targets": list(self.expert_layer_names),
+            "slice_head": self.slice_head is not None,
         }
 
     def train(self, mode: bool = True) -> HeadCTModel:
@@ -215,10 +255,22 @@ class HeadCTModel(nn.Module):
             # Linear interpolation mixes neighbouring gates convexly, so they still sum to 1.
             gates = _to_depth(gates.flatten(2), depth).unflatten(2, gates.shape[2:])
 
+        raw = features
         features = self.feature_norm(features.flatten(0, 1)).unflatten(0, features.shape[:2])
         study, attention = self.pooling(features, slice_mask)
         logits = self.head(study)
         evidence = attention.unsqueeze(-1) * (features @ self.head.weight.T)
+        if self.slice_head is not None:
+            scores = raw @ self.slice_head.weight.T  # [B, D, 75], without the bias
+            weights = scores
+            if slice_mask is not None:
+                lowest = torch.finfo(scores.dtype).min
+                weights = scores.masked_fill(~slice_mask.unsqueeze(-1), lowest)
+            # Per finding, a softmax over the slices weights each slice's score: a smooth maximum
+            # whose weights sum to one, so each slice's share is its weight times its score.
+            share = torch.softmax(weights, dim=1) * scores
+            logits = logits + share.sum(dim=1) + self.slice_head.bias
+            evidence = evidence + share
         slice_router = gates.mean(dim=2)
         if slice_mask is None:
             router = slice_router.mean(dim=1)
@@ -288,9 +340,19 @@ def build_model(
     *,
     windows: Sequence[HUWindow] = DEFAULT_WINDOWS,
     pooling_hidden: int = 128,
+    slice_head: bool = False,
 ) -> HeadCTModel:
-    """The registered backbone (weights from ``weights`` or random) with its adapter and head."""
+    """The registered backbone (weights from ``weights`` or random) with its adapter and head,
+    and the slice head (started from the weights folder's pretraining head, if it has one)."""
     backbone = create_backbone(backbone_name, weights=weights)
-    return HeadCTModel(
-        backbone, adapter=adapter, molre=molre, windows=windows, pooling_hidden=pooling_hidden
+    model = HeadCTModel(
+        backbone,
+        adapter=adapter,
+        molre=molre,
+        windows=windows,
+        pooling_hidden=pooling_hidden,
+        slice_head=slice_head,
     )
+    if slice_head and weights is not None and Path(weights).is_dir():
+        model.init_slice_head(Path(weights))
+    return model

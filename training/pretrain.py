@@ -45,7 +45,7 @@ from service.contract import DEFAULT_WINDOWS
 from training.backbones import SliceBackbone, create_backbone
 from training.ceiling import CEILING_CNN
 from training.config import PretrainConfig
-from training.model import SlicePixels
+from training.model import PRETRAINING_HEADS, SlicePixels
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 
 REWARM_STEPS = 100
-HEADS_FILENAME = "pretraining_heads.safetensors"
+HEADS_FILENAME = PRETRAINING_HEADS
 
 
 def pretrain(

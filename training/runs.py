@@ -174,6 +174,7 @@ def model_from_config(config: RunConfig) -> HeadCTModel:
         adapter=config.adapter,  # type: ignore[arg-type]
         molre=config.molre,
         weights=Path(config.weights) if config.weights else None,
+        slice_head=config.train.slice_head,
     )
 
 

@@ -70,6 +70,8 @@ def test_quick_demo_pipeline(tmp_path: Path) -> None:
     card = ModelCard.from_json(metadata[CARD_METADATA_KEY])
     assert card.provenance.synthetic and "clinical" in card.intended_use.lower()
     assert card.adapter.kind == "molre" and len(card.router_reference) == card.adapter.experts
+    # Every arm has the slice head, started from the quick backbone's pretraining head.
+    assert card.adapter.slice_head and "slice head" in card.description
     assert card.operating_points and {p.level for p in card.operating_points} == {
         "critical",
         "urgent",

@@ -3,13 +3,24 @@ state, HU windowing, export with the router gates, and the parameter budget."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from service.contract import ADAPTER_KINDS, DEFAULT_WINDOWS
-from service.findings import NUM_FINDINGS
-from training.model import HeadCTModel, HUWindowing, build_model, is_router
+from service.findings import FINDING_CODES, NUM_FINDINGS
+from training.model import (
+    PRETRAINING_CARD,
+    PRETRAINING_HEADS,
+    HeadCTModel,
+    HUWindowing,
+    build_model,
+    is_router,
+)
 from training.molre import MoLREConfig
 from training.molre.injector import expert_layers
 from training.params import count_for
@@ -169,3 +180,90 @@ def test_default_molre_adds_under_half_a_percent_to_vit_base() -> None:
     count = count_for("dinov2_base", "molre")
     assert 80_000_000 < count.backbone < 90_000_000
     assert 0 < count.added_fraction < 0.005
+
+
+@pytest.mark.parametrize("adapter", ["probe", "molre"])
+@pytest.mark.parametrize("name", ["tiny_dinov2", "tiny_resnet3d"])
+def test_the_slice_head_adds_a_smooth_maximum_of_the_slices_scores(name: str, adapter: str) -> None:
+    model = build_model(name, adapter, slice_head=True).eval()
+    assert model.slice_head is not None
+    torch.manual_seed(3)
+    torch.nn.init.normal_(model.slice_head.weight, std=0.5)
+    torch.nn.init.normal_(model.slice_head.bias)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False  # study 1 has four real slices and two padded ones
+    with torch.no_grad():
+        output = model(_volume(), mask)
+        head = model.slice_head
+        model.slice_head = None
+        without = model(_volume(), mask)
+        model.slice_head = head
+    # The evidence still adds up to the logits, now less both heads' biases, and padded slices
+    # still have none.
+    rebuilt = output.slice_evidence.sum(1) + model.head.bias + head.bias
+    assert torch.allclose(rebuilt, output.logits, atol=1e-4)
+    assert output.slice_evidence[1, 4:].abs().max() == 0
+    # What the slice head adds to a logit lies between the mean and the largest of the real
+    # slices' scores for that finding (plus its bias): a softmax-weighted mean of them.
+    added = output.logits - without.logits - head.bias
+    share = output.slice_evidence - without.slice_evidence
+    torch.testing.assert_close(share.sum(1), added, atol=1e-4, rtol=0)
+    assert added.abs().sum() > 0
+    if model.backbone.kind == "2d":
+        # Each slice's score is the slice head on its raw features; the added logit is their
+        # softmax-weighted mean over the real slices, so it lies between their mean and maximum.
+        with torch.no_grad():
+            raw = model.backbone(model.pixels(_volume())).unflatten(0, (2, 6))
+        scores = raw @ head.weight.T
+        real = scores[1, :4]
+        expected = (torch.softmax(real, dim=0) * real).sum(0)
+        torch.testing.assert_close(added[1], expected, atol=1e-4, rtol=0)
+        assert (added[1] >= real.mean(0) - 1e-5).all() and (added[1] <= real.max(0).values).all()
+
+
+def test_the_slice_head_starts_from_the_pretraining_head(tmp_path: Path) -> None:
+    model = build_model("tiny_dinov2", "probe", slice_head=True)
+    assert model.slice_head is not None
+    width = model.slice_head.in_features
+    weight = torch.arange(2 * width, dtype=torch.float32).reshape(2, width) + 1
+    save_file(
+        {
+            "findings.weight": weight.half(),
+            "findings.bias": torch.tensor([0.5, -0.5]).half(),
+            "position.weight": torch.zeros(8, width),
+            "position.bias": torch.zeros(8),
+        },
+        tmp_path / PRETRAINING_HEADS,
+    )
+    card = {"findings": ["scalp_hematoma", "ich_any"]}
+    (tmp_path / PRETRAINING_CARD).write_text(json.dumps(card))
+    assert model.init_slice_head(tmp_path) == ["scalp_hematoma", "ich_any"]
+    rows = [FINDING_CODES.index("scalp_hematoma"), FINDING_CODES.index("ich_any")]
+    torch.testing.assert_close(model.slice_head.weight[rows], weight.half().float())
+    torch.testing.assert_close(model.slice_head.bias[rows], torch.tensor([0.5, -0.5]))
+    others = [i for i in range(NUM_FINDINGS) if i not in rows]
+    assert model.slice_head.weight[others].abs().max() == 0  # the rest start at zero
+    assert model.slice_head.bias[others].abs().max() == 0
+
+    # A head of another width does not fit these features: it is left alone, and so is a
+    # folder without one.
+    narrow = build_model("tiny_dinov2", "probe", slice_head=True)
+    save_file(
+        {"findings.weight": torch.ones(2, width + 1), "findings.bias": torch.zeros(2)},
+        tmp_path / PRETRAINING_HEADS,
+    )
+    assert narrow.init_slice_head(tmp_path) == []
+    assert narrow.init_slice_head(tmp_path / "missing") == []
+    assert narrow.slice_head is not None and narrow.slice_head.weight.abs().max() == 0
+
+
+def test_the_committed_backbone_starts_the_slice_head_on_its_pretrained_findings() -> None:
+    weights = Path(__file__).parents[2] / "training" / "weights" / "demo_vit"
+    findings = json.loads((weights / PRETRAINING_CARD).read_text())["findings"]
+    model = build_model("demo_vit", "molre", weights=weights, slice_head=True)
+    assert model.slice_head is not None
+    started = (model.slice_head.weight.abs().sum(1) > 0).nonzero().flatten().tolist()
+    assert started == sorted(FINDING_CODES.index(code) for code in findings)
+    assert model.adapter_summary()["slice_head"] is True
+    plain = build_model("demo_vit", "molre", weights=weights)
+    assert plain.slice_head is None and plain.adapter_summary()["slice_head"] is False

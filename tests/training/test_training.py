@@ -80,33 +80,42 @@ def test_training_lowers_the_loss(dataset: Path, tmp_path: Path) -> None:
 
 def test_checkpoint_holds_only_what_training_changed(dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    train(_config(dataset, run, epochs=1))
+    train(_config(dataset, run, epochs=1, slice_head=True))
     state = torch.load(run / "best.pt", weights_only=True)["model"]
     assert state and all(
-        "lora_" in k or "router" in k or k.startswith(("feature_norm.", "pooling.", "head."))
+        "lora_" in k
+        or "router" in k
+        or k.startswith(("feature_norm.", "pooling.", "head.", "slice_head."))
         for k in state
     ), sorted(state)[:10]
+    assert {"slice_head.weight", "slice_head.bias"} <= set(state)
     config = json.loads((run / "config.json").read_text())
     assert config["backbone"] == "tiny_dinov2" and config["adapter"] == "molre"
     assert config["molre"]["experts"] == 2 and config["grid"] == list(GRID)
     assert len(config["findings"]) == 75
     assert config["synthetic"] is True  # the data folder is headct synth's: the run records it
+    assert config["train"]["slice_head"] is True
+    model, _ = load_run(run)
+    assert model.slice_head is not None and model.adapter_summary()["slice_head"] is True
 
 
 def test_save_load_and_resume_are_exact(dataset: Path, tmp_path: Path) -> None:
     whole = tmp_path / "whole"
-    train(_config(dataset, whole, epochs=3))
+    # With the slice head, so that its weights are saved, resumed and reloaded too.
+    train(_config(dataset, whole, epochs=3, slice_head=True))
     interrupted = tmp_path / "interrupted"
-    train(_config(dataset, interrupted, epochs=3, stop_after_epoch=1))
+    train(_config(dataset, interrupted, epochs=3, stop_after_epoch=1, slice_head=True))
     assert [m["epoch"] for m in _metrics(interrupted)] == [0, 1]
-    train(_config(dataset, interrupted, epochs=3))  # resumes from last.pt at epoch 2
+    # resumes from last.pt at epoch 2
+    train(_config(dataset, interrupted, epochs=3, slice_head=True))
     assert [m["epoch"] for m in _metrics(interrupted)] == [0, 1, 2]
     # Run again with no epochs left: nothing trains, and the step time is the one recorded.
-    again = train(_config(dataset, interrupted, epochs=3))
+    again = train(_config(dataset, interrupted, epochs=3, slice_head=True))
     assert [m["epoch"] for m in _metrics(interrupted)] == [0, 1, 2]
     assert again["seconds_per_step"] == _metrics(interrupted)[-1]["seconds_per_step"] > 0
     a = torch.load(whole / "last.pt", weights_only=False)["model"]
     b = torch.load(interrupted / "last.pt", weights_only=False)["model"]
+    assert a["slice_head.weight"].abs().sum() > 0  # it trained from its zero start
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
