@@ -23,6 +23,8 @@ from service.findings import FINDING_CODES, FINDINGS
 from service.pipeline import TriagePipeline
 from service.schemas import TriageResult
 from service.settings import Settings
+from synth import SynthOptions
+from synth.study import synthesize
 from tests.batch.conftest import STUDIES, Score, copy_files
 
 
@@ -217,6 +219,52 @@ def test_a_study_that_cannot_be_triaged_is_a_row_with_its_error_and_the_run_goes
     assert retried["this_run"]["scored"] == 2
     assert_row_is_the_result(rows[uids[1]], reference[uids[1]])
     assert rows[uids[2]]["error_code"] == "truncated_dicom"
+
+
+def _zip_study(files: list[Path], archive: Path) -> None:
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as handle:
+        for path in files:
+            handle.write(path, path.name)
+
+
+def _corrupt_last_entry(archive: Path) -> None:
+    """Flip the last stored byte of the archive's last entry (the end of its pixel data): the
+    entry's header still reads, but reading it whole fails its CRC-32 check."""
+    with zipfile.ZipFile(archive) as handle:
+        info = handle.infolist()[-1]
+    data = bytearray(archive.read_bytes())
+    name_length = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_length = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_length + extra_length
+    data[start + info.compress_size - 1] ^= 0xFF
+    archive.write_bytes(bytes(data))
+
+
+def test_a_study_whose_instances_cannot_be_read_is_retrieve_failed_and_the_run_goes_on(
+    score: Score,
+    study_folders: dict[str, Path],
+    reference: dict[str, TriageResult],
+    tmp_path: Path,
+) -> None:
+    good = next(iter(study_folders))
+    source = tmp_path / "source"
+    source.mkdir()
+    _zip_study(sorted(study_folders[good].glob("*.dcm")), source / "good.zip")
+    # 512 x 512 slices (512 KiB each): the scan reads only each entry's first 64 KiB, so the study
+    # is found, and its worker then fails the CRC-32 check reading the damaged entry whole.
+    big = tmp_path / "big"
+    synthesize(big, 1, seed=11, options=SynthOptions(slices=4, matrix=512))
+    (damaged,) = [p for p in big.iterdir() if p.is_dir()]
+    _zip_study(sorted(damaged.glob("*.dcm")), source / "damaged.zip")
+    _corrupt_last_entry(source / "damaged.zip")
+    rows, summary = score([source], tmp_path / "out", workers=1, batch_size=2)
+    assert_row_is_the_result(rows[good], reference[good])
+    failed = rows[damaged.name]
+    assert (failed["status"], failed["error_code"]) == ("failed", "retrieve_failed")
+    # The exception's type, not its text (which may quote what it read).
+    assert failed["error_message"] == "The study could not be read (BadZipFile)."
+    assert failed.get(FINDING_CODES[0]) is None and failed["instances"] == 4
+    assert summary["by_error_code"] == {"retrieve_failed": 1}
 
 
 def test_labels_give_per_finding_auc_with_intervals_and_triage_operating_points(
