@@ -76,11 +76,12 @@ def test_a_demo_run_from_before_the_typed_config_loads(tmp_path: Path) -> None:
     assert config.train.out == "runs/demo/runs/molre_s0" and config.train.epochs == 4
     assert config.synthetic is None  # not recorded then: export asks rather than guesses
     assert config.train_studies == 320 and config.created == DEMO_RUN["created"]
+    assert config.train.slice_head is False  # recorded before the slice head: it had none
     # Written again, it is the same file plus the new fields.
     molre = DEMO_RUN["molre"] | {"router": "per_layer"}
     assert json.loads(json.dumps(config.to_dict())) == DEMO_RUN | {
         "molre": molre,
-        "train": DEMO_RUN["train"] | {"molre": molre, "synthetic": None},
+        "train": DEMO_RUN["train"] | {"molre": molre, "synthetic": None, "slice_head": False},
         "synthetic": None,
     }
 
