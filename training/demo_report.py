@@ -85,8 +85,9 @@ def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None
         "## Key slice",
         "",
         "The gateway's key slice is the slice with the most evidence (attention times the head's "
-        "score of the slice's features) for the key finding: the triage finding furthest above "
-        "its threshold. How often it lies in an annotated focal lesion of a positive test study:",
+        "score of the slice's features, plus the slice head's share where the model has one) for "
+        "the key finding: the triage finding furthest above its threshold. How often it lies in "
+        "an annotated focal lesion of a positive test study:",
         "",
     ]
     for arm, key in summary["key_slice"].items():
