@@ -45,7 +45,7 @@ from service.contract import DEFAULT_WINDOWS
 from training.backbones import SliceBackbone, create_backbone
 from training.ceiling import CEILING_CNN
 from training.config import PretrainConfig
-from training.model import PRETRAINING_HEADS, SlicePixels
+from training.model import PRETRAINING_CARD, PRETRAINING_HEADS, SlicePixels
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,6 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 
 REWARM_STEPS = 100
-HEADS_FILENAME = PRETRAINING_HEADS
 
 
 def pretrain(
@@ -454,14 +453,14 @@ def _warm_start(
     kept in ``out/continued_from.json`` for the exported card."""
     from safetensors.torch import load_file
 
-    card = json.loads((folder / "pretraining.json").read_text())
+    card = json.loads((folder / PRETRAINING_CARD).read_text())
     recorded = PretrainConfig.from_dict(card["config"])
     for name in ("findings", "grid", "prevalence_scale", "seed"):
         if getattr(recorded, name) != getattr(config, name):
             raise ValueError(f"{folder} was pretrained with another {name}; cannot continue it")
     encoder = create_backbone(config.backbone, weights=folder).encoder  # checks the architecture
     model.backbone.encoder.load_state_dict(encoder.state_dict())
-    heads = load_file(folder / HEADS_FILENAME)
+    heads = load_file(folder / PRETRAINING_HEADS)
     for name, head in (("findings", model.findings), ("position", model.position)):
         state = {
             k[len(name) + 1 :]: v.float() for k, v in heads.items() if k.startswith(f"{name}.")
@@ -533,7 +532,7 @@ def export_weights(run: Path, folder: Path, *, half: bool = True) -> dict[str, A
     heads = {f"findings.{k}": v for k, v in model.findings.state_dict().items()}
     heads |= {f"position.{k}": v for k, v in model.position.state_dict().items()}
     # The heads let another machine continue the pretraining from this folder (--init-from).
-    save_file({k: v.contiguous() for k, v in heads.items()}, folder / HEADS_FILENAME)
+    save_file({k: v.contiguous() for k, v in heads.items()}, folder / PRETRAINING_HEADS)
     encoder = model.backbone.encoder
     if half:
         encoder = encoder.half()
@@ -561,7 +560,7 @@ def export_weights(run: Path, folder: Path, *, half: bool = True) -> dict[str, A
         # The runs this one continued (--init-from), oldest first: their backbone and recipe.
         "continued_from": json.loads(history.read_text()) if history.is_file() else [],
     }
-    (folder / "pretraining.json").write_text(json.dumps(card, indent=1) + "\n")
+    (folder / PRETRAINING_CARD).write_text(json.dumps(card, indent=1) + "\n")
     (folder / "PRETRAINING.md").write_text(_card_markdown(card))
     return card
 
