@@ -222,6 +222,8 @@ def test_a_study_that_cannot_be_triaged_is_a_row_with_its_error_and_the_run_goes
 
 
 def _zip_study(files: list[Path], archive: Path) -> None:
+    # Stored, not deflated as testing.studies.zip_bytes writes: a flipped byte must fail the
+    # CRC-32 check (BadZipFile), not the decompressor.
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as handle:
         for path in files:
             handle.write(path, path.name)
