@@ -118,6 +118,28 @@ class CardOperatingPoint(_Strict):
     validation: str = Field(description="The set the point was chosen and measured on.")
 
 
+class CardPriorityScore(_Strict):
+    """A study-level score for one priority level (``service.priority``): ``weights . logit(p) +
+    bias`` over the 75 findings' probabilities in card order (each clipped to [1e-6, 1 - 1e-6]);
+    the study is at this level or higher when the score reaches ``threshold`` (or when a finding
+    of the level is positive)."""
+
+    level: Literal["critical", "urgent"]
+    weights: list[float] = Field(description="One weight per finding, in card order.")
+    bias: float
+    threshold: float
+    fitted_on: str = Field(description="The set the score was fitted and its threshold chosen on.")
+
+    @model_validator(mode="after")
+    def _check(self) -> CardPriorityScore:
+        if len(self.weights) != len(FINDINGS):
+            raise ValueError(
+                f"a priority score needs {len(FINDINGS)} weights, one per finding; "
+                f"it has {len(self.weights)}"
+            )
+        return self
+
+
 class ModelCard(_Strict):
     name: str
     version: int = Field(ge=1)
@@ -138,6 +160,11 @@ class ModelCard(_Strict):
         description="Study-level operating points of the priority levels (critical, urgent) "
         "that the per-finding thresholds were chosen for; None for thresholds chosen per finding.",
     )
+    priority_scores: list[CardPriorityScore] | None = Field(
+        default=None,
+        description="Study-level scores that also set the priority (service.priority), one per "
+        "level at most; None: the priority follows the positive findings alone.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelCard:
@@ -148,6 +175,9 @@ class ModelCard(_Strict):
                 "findings must be the 75 findings of service.findings in their order; "
                 f"the card has {len(codes)} starting {codes[:3]}"
             )
+        levels = [s.level for s in self.priority_scores or ()]
+        if len(set(levels)) != len(levels):
+            raise ValueError(f"priority_scores has more than one score for a level: {levels}")
         if len(self.router_reference) != self.adapter.experts:
             raise ValueError(
                 f"router_reference has {len(self.router_reference)} weights for "

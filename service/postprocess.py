@@ -3,12 +3,15 @@ the card's operating thresholds, the triage priority, the router weights and the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from service.contract import ModelOutputs
-from service.findings import FINDING_CODES, triage_drivers, triage_priority
+from service.findings import FINDING_CODES, triage_drivers
 from service.ingest import IngestResult
 from service.model_card import ModelCard
+from service.priority import decide
 from service.schemas import (
     FindingResult,
     ModelRef,
@@ -36,12 +39,17 @@ def score_findings(card: ModelCard, probabilities: np.ndarray) -> list[FindingRe
     ]
 
 
-def key_finding(probabilities: np.ndarray, thresholds: np.ndarray) -> int:
+def key_finding(
+    probabilities: np.ndarray, thresholds: np.ndarray, drivers: Iterable[str] | None = None
+) -> int:
     """The finding the key slice shows, as an index in ``service.findings`` order: of the
-    findings behind the triage (else the positive ones, else all), the one furthest above its
-    threshold in logits, which compares findings whose thresholds differ."""
+    findings behind the triage (``drivers``; by default the positive findings that set the
+    priority), else the positive ones, else all, the one furthest above its threshold in logits,
+    which compares findings whose thresholds differ."""
     positive = probabilities >= thresholds
-    drivers = set(triage_drivers(c for c, p in zip(FINDING_CODES, positive, strict=True) if p))
+    if drivers is None:
+        drivers = triage_drivers(c for c, p in zip(FINDING_CODES, positive, strict=True) if p)
+    drivers = set(drivers)
     mask = np.array([c in drivers for c in FINDING_CODES])
     if not mask.any():
         mask = positive if positive.any() else np.ones_like(positive)
@@ -86,17 +94,17 @@ def build_result(
     index: int = 0,
 ) -> TriageResult:
     """The result for study ``index`` of the batch. ``timing_ms`` must hold every stage."""
-    findings = score_findings(card, outputs.probabilities[index])
-    positives = [f.code for f in findings if f.positive]
-    drivers = triage_drivers(positives)
+    probabilities = outputs.probabilities[index]
+    findings = score_findings(card, probabilities)
     thresholds = np.array([f.threshold for f in card.findings])
-    shown = key_finding(outputs.probabilities[index], thresholds)
+    decision = decide(probabilities, thresholds, card.priority_scores)
+    shown = key_finding(probabilities, thresholds, decision.drivers)
     return TriageResult(
         study_uid=ingest.study_uid,
         series_uid=ingest.series_uid,
         model=ModelRef(name=card.name, version=card.version),
         findings=findings,
-        triage=Triage(priority=triage_priority(positives), findings=drivers),
+        triage=Triage(priority=decision.priority, findings=decision.drivers, basis=decision.basis),
         router=Router(
             experts=card.adapter.experts,
             study_weights=outputs.router_weights[index].tolist(),

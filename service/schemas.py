@@ -4,7 +4,7 @@ models, so the OpenAPI schema documents exactly what is sent."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -88,7 +88,15 @@ class FindingResult(BaseModel):
 class Triage(BaseModel):
     priority: TriagePriority
     findings: list[str] = Field(
-        description="Codes of the positive findings that set the priority, in card order."
+        description="Codes of the findings that set the priority, in card order: the positive "
+        "findings of its level, or, when the study-level score alone set it (basis "
+        "study_score), the finding of that level nearest its threshold."
+    )
+    basis: Literal["findings", "study_score"] | None = Field(
+        default=None,
+        description="What set the priority: a positive finding of its level (findings), or the "
+        "model card's study-level score for the level with none positive (study_score); None "
+        "for routine.",
     )
 
 

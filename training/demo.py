@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from synth import SynthOptions, synthesize
@@ -41,6 +40,7 @@ from training.demo_eval import (
     BATCH,
     Detailed,
     fair_comparison,
+    fit_triage,
     key_slice_check,
     predict_detailed,
     router_dependence,
@@ -256,10 +256,14 @@ def run_demo(
     comparison = fair_comparison(
         {a: [d.predictions for d in test[a]] for a in order}, sizes.bootstrap
     )
-    triage = {a: triage_at_operating_points(calibration[a], test[a][0].predictions) for a in order}
+    fitted = {a: fit_triage(calibration[a]) for a in order}
+    triage = {
+        a: triage_at_operating_points(calibration[a], test[a][0].predictions, fitted[a])
+        for a in order
+    }
     key_slice = {
         a: key_slice_check(
-            test[a][0], folders["test"], sizes.grid[0], np.array(triage[a]["thresholds"])
+            test[a][0], folders["test"], sizes.grid[0], fitted[a].thresholds, fitted[a].scores
         )
         for a in order
     }

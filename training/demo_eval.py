@@ -13,11 +13,16 @@ import numpy as np
 
 from service.findings import FINDING_CODES, Category
 from service.postprocess import key_finding
+from service.priority import decide
+from service.priority import study_levels as rule_levels
 from training.evaluate import Predictions, category_positive, macro_auc, resampled_auc
 from training.model import ModelOutput
 from training.operating_points import (
+    PriorityPoint,
+    PriorityScore,
     level_points,
     priority_operating_points,
+    priority_scores,
     study_levels,
     true_levels,
 )
@@ -52,12 +57,17 @@ def predict_detailed(run: Path, data: Path, name: str) -> Detailed:
 
 
 def key_slice_check(
-    detailed: Detailed, test: Path, depth: int, thresholds: np.ndarray
+    detailed: Detailed,
+    test: Path,
+    depth: int,
+    thresholds: np.ndarray,
+    scores: list[PriorityScore] | None = None,
 ) -> dict[str, float]:
     """For positive test studies: how often the key slice lies inside an annotated lesion of one
     of the study's focal findings (those covering under half of the slices), against the chance
     rate of a random slice. The key slice as the gateway picks it (the most evidence for the key
-    finding at ``thresholds``), and the highest-attention slice beside it."""
+    finding at ``thresholds`` and the priority ``scores``), and the highest-attention slice
+    beside it."""
     annotations = json.loads((test / "annotations.json").read_text())
     source_slices = int(annotations["options"]["slices"])
 
@@ -78,7 +88,9 @@ def key_slice_check(
         if not focal:
             continue
         inside = {int(x) for s in focal for x in s}
-        shown = key_finding(probabilities, thresholds)
+        shown = key_finding(
+            probabilities, thresholds, decide(probabilities, thresholds, scores).drivers
+        )
         hits += in_lesion(int(np.argmax(evidence[:, shown])), inside)
         attention_hits += in_lesion(int(np.argmax(attention)), inside)
         chance += len(inside) / source_slices
@@ -228,16 +240,47 @@ def fair_comparison(
     }
 
 
-def triage_at_operating_points(calibration: Predictions, test: Predictions) -> dict[str, Any]:
-    """Thresholds chosen for the priority on the calibration set, measured on the test set."""
-    choices, chosen = priority_operating_points(calibration.labels, calibration.probabilities)
-    thresholds = np.array([c.threshold for c in choices])
-    truth, called = true_levels(test.labels), study_levels(test.probabilities, thresholds)
+@dataclass(frozen=True)
+class TriageRule:
+    """The priority rule chosen on the calibration set: per-finding thresholds, study-level
+    scores, and the operating points measured there."""
+
+    thresholds: np.ndarray
+    scores: list[PriorityScore]
+    points: list[PriorityPoint]
+
+
+def fit_triage(calibration: Predictions) -> TriageRule:
+    """The rule the demo's export chooses (``training.operating_points.priority_scores``)."""
+    choices, scores, points = priority_scores(calibration.labels, calibration.probabilities)
+    return TriageRule(np.array([c.threshold for c in choices]), scores, points)
+
+
+def triage_at_operating_points(
+    calibration: Predictions, test: Predictions, rule: TriageRule | None = None
+) -> dict[str, Any]:
+    """The priority rule chosen on the calibration set (``rule``, else ``fit_triage``), measured
+    on the test set; beside it, the findings rule alone (per-finding thresholds chosen for the
+    priority, ``priority_operating_points``) on the same studies."""
+    rule = rule or fit_triage(calibration)
+    thresholds, scores, chosen = rule.thresholds, rule.scores, rule.points
+    truth = true_levels(test.labels)
+    called, from_score = rule_levels(test.probabilities, thresholds, scores)
     points = level_points(truth, called, {p.level: p.false_positive_rate for p in chosen})
     normal = ~(test.labels == 1).any(axis=1)
+    findings_choices, _ = priority_operating_points(calibration.labels, calibration.probabilities)
+    findings_called = study_levels(
+        test.probabilities, np.array([c.threshold for c in findings_choices])
+    )
+    findings_points = level_points(truth, findings_called)
     return {
+        "rule": "study scores" if scores else "findings",
         "calibration": [p.to_dict() for p in chosen],
         "test": [p.to_dict() for p in points],
+        "score_thresholds": {s.level: s.threshold for s in scores},
+        "critical_set_by_score": float(from_score[called == 2].mean())
+        if (called == 2).any()
+        else None,
         "normal_studies": int(normal.sum()),
         "normal_called_critical": float((called[normal] == 2).mean()) if normal.any() else None,
         "critical_studies": int((truth == 2).sum()),
@@ -250,5 +293,11 @@ def triage_at_operating_points(calibration: Predictions, test: Predictions) -> d
         "priority_counts": {
             name: int((called == level).sum())
             for level, name in ((2, "critical"), (1, "urgent"), (0, "routine"))
+        },
+        "findings_rule": {
+            "test": [p.to_dict() for p in findings_points],
+            "normal_called_critical": float((findings_called[normal] == 2).mean())
+            if normal.any()
+            else None,
         },
     }

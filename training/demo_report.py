@@ -63,20 +63,31 @@ def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None
         "",
         "## Triage at the study-level operating points",
         "",
-        "Thresholds chosen on the calibration set (clinical prevalence) for critical-study "
-        "sensitivity >= 0.95 and urgent-or-critical >= 0.90, then measured on the test set.",
+        "The rule the export chooses, fitted on the calibration set (clinical prevalence): every "
+        "finding at a 2% false-positive rate, and a study-level score per level (a logistic "
+        "regression on the 75 logits) whose threshold gives critical-study sensitivity >= 0.95 "
+        "and urgent-or-critical >= 0.90 out of fold; a level fires on a positive finding of it "
+        "or on its score. Measured on the test set; beside it, the findings rule alone (one "
+        "false-positive rate per level, chosen for the same sensitivities) on the same studies.",
         "",
         "| arm | critical sens. [95% CI] | critical spec. [95% CI] | normals called critical | "
+        "set by the score | findings rule alone: sens. / spec. / normals critical | "
         "positives per study (true) | critical / urgent / routine |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for arm, t in summary["triage"].items():
         critical = next(p for p in t["test"] if p["level"] == "critical")
         counts = t["priority_counts"]
+        alone = t.get("findings_rule") or {}
+        alone_critical = next((p for p in alone.get("test", []) if p["level"] == "critical"), {})
+        by_score = t.get("critical_set_by_score")
         lines.append(
             f"| {arm} | {_f(critical['sensitivity'])}{_ci(critical['sensitivity_ci95'])} | "
             f"{_f(critical['specificity'])}{_ci(critical['specificity_ci95'])} | "
             f"{_f(t['normal_called_critical'])} of {t['normal_studies']} | "
+            f"{'-' if by_score is None else f'{100 * by_score:.0f}% of critical calls'} | "
+            f"{_f(alone_critical.get('sensitivity'))} / {_f(alone_critical.get('specificity'))} / "
+            f"{_f(alone.get('normal_called_critical'))} | "
             f"{_f(t['positives_per_study'], 1)} ({_f(t['true_positives_per_study'], 1)}) | "
             f"{counts['critical']} / {counts['urgent']} / {counts['routine']} |"
         )
@@ -86,7 +97,9 @@ def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None
         "",
         "The gateway's key slice is the slice with the most evidence (attention times the head's "
         "score of the slice's features, plus the slice head's share where the model has one) for "
-        "the key finding: the triage finding furthest above its threshold. How often it lies in "
+        "the key finding: the triage finding furthest above its threshold (when the study "
+        "score alone set the priority, the finding of its level nearest its threshold). How "
+        "often it lies in "
         "an annotated focal lesion of a positive test study:",
         "",
     ]

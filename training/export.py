@@ -41,6 +41,7 @@ from service.model_card import (
     CardFinding,
     CardGrid,
     CardOperatingPoint,
+    CardPriorityScore,
     CardProvenance,
     ModelCard,
 )
@@ -48,7 +49,7 @@ from service.preprocess import AIR_HU, ModelGrid
 from training.data import build_cache, read_labels, split_by_patient
 from training.evaluate import Predictions, macro_auc
 from training.model import HeadCTModel
-from training.operating_points import PriorityPoint, priority_operating_points
+from training.operating_points import PriorityPoint, priority_operating_points, priority_scores
 from training.params import count_parameters
 from training.repository import (
     DEFAULT_EXECUTION_ENV,
@@ -251,6 +252,7 @@ def build_card(
     synthetic: bool,
     training_data: str | None = None,
     operating_points: list[CardOperatingPoint] | None = None,
+    scores: list[CardPriorityScore] | None = None,
 ) -> ModelCard:
     """The model card of a trained run (see docs/ARCHITECTURE.md, "Contracts")."""
     d, h, w = config.grid
@@ -304,6 +306,7 @@ def build_card(
             metrics=metrics,
         ),
         operating_points=operating_points,
+        priority_scores=scores or None,
     )
 
 
@@ -352,7 +355,7 @@ def export_run(
     int8: bool = False,
     training_data: str | None = None,
     synthetic: bool | None = None,
-    threshold_policy: str = "priority",
+    threshold_policy: str = "study-score",
     execution_env: str = DEFAULT_EXECUTION_ENV,
     tolerance: float = TOLERANCE,
     batch_size: int = 4,
@@ -430,14 +433,28 @@ def export_run(
         if summary.is_file():
             best = json.loads(summary.read_text()).get("best_validation_macro_auc")
             metrics["training_best_validation_macro_auc"] = best
-        operating_points = None
-        if threshold_policy == "priority" and len(labels):
+        operating_points, scores = None, None
+        where = (
+            f"{len(labels)} studies of {validation_data}"
+            if validation is not None
+            else f"the run's validation split ({len(labels)} studies)"
+        )
+        if threshold_policy == "study-score" and len(labels):
+            thresholds, fitted, points = priority_scores(labels, probabilities)
+            scores = [
+                CardPriorityScore(
+                    level=s.level,  # type: ignore[arg-type]
+                    weights=s.weights,
+                    bias=s.bias,
+                    threshold=s.threshold,
+                    fitted_on=where,
+                )
+                for s in fitted
+            ]
+            measured = f"{where}, out of fold" if fitted else where
+            operating_points = [_card_point(point, measured) for point in points]
+        elif threshold_policy == "priority" and len(labels):
             thresholds, points = priority_operating_points(labels, probabilities)
-            where = (
-                f"{len(labels)} studies of {validation_data}"
-                if validation is not None
-                else f"the run's validation split ({len(labels)} studies)"
-            )
             operating_points = [_card_point(point, where) for point in points]
         else:
             thresholds = choose_thresholds(labels, probabilities)
@@ -453,6 +470,7 @@ def export_run(
             training_data=training_data,
             synthetic=synthetic,
             operating_points=operating_points,
+            scores=scores,
         )
         published = publish(repository, card, staged, execution_env=execution_env)
     return ExportResult(published, card, thresholds)

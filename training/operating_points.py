@@ -201,3 +201,133 @@ def priority_operating_points(
             )
         )
     return choices, measure(labels, probabilities, thresholds, rates)
+
+
+# --- Study-level priority scores (service.priority) -------------------------------------------
+
+SCORE_STRENGTH = 0.1  # the inverse L2 strength of the scores' logistic regressions
+SCORE_FOLDS = 5
+# A level's score is fitted only with at least this many validation studies on each side of it
+# (else the findings rule alone, priority_operating_points).
+MIN_SCORE_STUDIES = 20
+
+
+@dataclass(frozen=True)
+class PriorityScore:
+    """A fitted study-level score for one level: ``weights . logit(p) + bias >= threshold``."""
+
+    level: str
+    weights: list[float]
+    bias: float
+    threshold: float
+
+
+def _out_of_fold(
+    features: np.ndarray, target: np.ndarray, strength: float, folds: int, seed: int
+) -> tuple[np.ndarray, PriorityScore | None]:
+    """Out-of-fold decision values of an L2 logistic regression of ``target`` on ``features``
+    (each study scored by a model that did not see it), and the model fitted on all studies
+    (threshold left at 0). None when a class has too few studies for the folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = int(min(target.sum(), (~target).sum()))
+    if smallest < 2:
+        return np.zeros(len(target)), None
+    folds = min(folds, smallest)
+    values = np.zeros(len(target))
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    for train, held in split.split(features, target):
+        model = LogisticRegression(C=strength, max_iter=5000)
+        values[held] = model.fit(features[train], target[train]).decision_function(features[held])
+    model = LogisticRegression(C=strength, max_iter=5000).fit(features, target)
+    return values, PriorityScore(
+        "", model.coef_[0].tolist(), float(model.intercept_[0]), threshold=0.0
+    )
+
+
+def _score_threshold(
+    values: np.ndarray, found: np.ndarray, target: np.ndarray, goal: float
+) -> float:
+    """The highest threshold at which ``values >= threshold`` or ``found`` calls at least
+    ``goal`` of the ``target`` studies (the most specific such point)."""
+    missed = target & ~found
+    if target.sum() == 0 or found[target].mean() >= goal - 1e-12:
+        return float(values.max() + 1.0)  # the findings alone reach the goal: the score never fires
+    needed = math.ceil((goal - 1e-12) * target.sum()) - int((found & target).sum())
+    candidates = np.sort(values[missed])[::-1]
+    return float(candidates[min(needed, len(candidates)) - 1])
+
+
+def priority_scores(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    *,
+    sensitivity: dict[str, float] | None = None,
+    rate: float = ROUTINE_FALSE_POSITIVE_RATE,
+    strength: float = SCORE_STRENGTH,
+    folds: int = SCORE_FOLDS,
+    seed: int = 0,
+) -> tuple[list[ThresholdChoice], list[PriorityScore], list[PriorityPoint]]:
+    """Per-finding thresholds and study-level scores for the priority (``service.priority``).
+
+    Every finding is read at a false-positive rate ``rate`` on its validation negatives (a short
+    list of positives). For critical, then urgent-or-critical, an L2 logistic regression on the
+    75 logits is fitted to tell the level's studies from the rest; its threshold is the highest
+    at which the level's studies are called (score or a positive finding of the level) with the
+    target sensitivity, read on out-of-fold scores so that the threshold is not tuned on scores
+    the model fitted. The operating points are measured out of fold too.
+
+    With fewer than MIN_SCORE_STUDIES studies on a side of a level, no score is fitted: the
+    thresholds and points of ``priority_operating_points`` (the findings rule) are returned."""
+    from service.priority import finding_logits
+
+    labels = np.asarray(labels, dtype=np.float64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if labels.shape != probabilities.shape or labels.shape[1:] != (len(FINDINGS),):
+        raise ValueError(
+            f"labels {labels.shape} and probabilities {probabilities.shape} must both be "
+            f"[studies, {len(FINDINGS)}]"
+        )
+    truth = true_levels(labels)
+    if (
+        min(min(int((truth >= floor).sum()), int((truth < floor).sum())) for floor in (1, 2))
+        < MIN_SCORE_STUDIES
+    ):
+        # Too few studies on one side of a level to fit a score: the findings rule alone.
+        choices, points = priority_operating_points(labels, probabilities, sensitivity=sensitivity)
+        return choices, [], points
+    targets = PRIORITY_SENSITIVITY | (sensitivity or {})
+    thresholds = np.ones(len(FINDINGS))
+    for j, t in _thresholds_at(labels, probabilities, list(range(len(FINDINGS))), rate).items():
+        thresholds[j] = t
+    features = finding_logits(probabilities)
+    positive = probabilities >= thresholds[None, :]
+    scores: list[PriorityScore] = []
+    called = np.zeros(len(labels), dtype=np.int64)  # out of fold
+    for level, kind, floor in (
+        ("critical", TriageClass.CRITICAL, 2),
+        ("urgent", TriageClass.URGENT, 1),
+    ):
+        members = np.array([f.triage is kind for f in FINDINGS])
+        target = truth >= floor
+        found = (called >= floor) | positive[:, members].any(axis=1)
+        values, fitted = _out_of_fold(features, target, strength, folds, seed)
+        if fitted is not None:
+            threshold = _score_threshold(values, found, target, targets[level])
+            scores.append(PriorityScore(level, fitted.weights, fitted.bias, threshold))
+            found = found | (values >= threshold)
+        called = np.where((called == 0) & found, floor, called)
+    choices = [
+        ThresholdChoice(
+            finding.code,
+            float(thresholds[j]),
+            "false_positive_rate",
+            int((labels[:, j] == 1).sum()),
+            int((labels[:, j] == 0).sum()),
+            float(positive[labels[:, j] == 1, j].mean()) if (labels[:, j] == 1).any() else None,
+            float((~positive[labels[:, j] == 0, j]).mean()) if (labels[:, j] == 0).any() else None,
+        )
+        for j, finding in enumerate(FINDINGS)
+    ]
+    return choices, scores, level_points(truth, called, {"critical": rate, "urgent": rate})

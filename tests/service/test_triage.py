@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 from fastapi.testclient import TestClient
 
 from service.backends.onnx import OnnxBackend
-from service.findings import FINDING_CODES, triage_drivers, triage_priority
+from service.findings import FINDING_CODES, FINDINGS, triage_drivers, triage_priority
 from service.ingest import ingest_study
-from testing.onnx_fixture import FixtureModel
+from service.model_card import CARD_FILENAME, CardPriorityScore, ModelCard
+from testing.onnx_fixture import FixtureModel, build_graph, fixture_card
 from testing.studies import multipart_files, write_synthetic_study, zip_bytes
 from tests.service.conftest import SLICES
 
@@ -68,9 +70,11 @@ def test_multipart_result_equals_in_process(
         assert finding["critical"] == card_finding.critical
         assert finding["name"] == card_finding.name
     positives = [f["code"] for f in body["findings"] if f["positive"]]
+    priority = triage_priority(positives).value
     assert body["triage"] == {
-        "priority": triage_priority(positives).value,
+        "priority": priority,
         "findings": triage_drivers(positives),
+        "basis": None if priority == "routine" else "findings",  # the card has no scores
     }
     assert body["router"]["experts"] == card.adapter.experts
     slices = body["slices"]
@@ -213,3 +217,49 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
     example = schema["components"]["schemas"]["TriageResult"]["examples"][0]
     assert len(example["findings"]) == 75
     assert {"/v1/model", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
+
+
+def _scored_repository(root: Path, bias: float) -> ModelCard:
+    """The fixture model with no finding ever positive (every threshold 1) and a critical study
+    score that is its bias alone, against a threshold of 0."""
+    base = fixture_card(depth=8, height=64, width=64, experts=4)
+    score = CardPriorityScore(
+        level="critical",
+        weights=[0.0] * len(FINDINGS),
+        bias=bias,
+        threshold=0.0,
+        fitted_on="a test",
+    )
+    card = ModelCard.model_validate(
+        base.model_dump()
+        | {
+            "findings": [f.model_dump() | {"threshold": 1.0} for f in base.findings],
+            "priority_scores": [score.model_dump()],
+        }
+    )
+    folder = root / card.name / str(card.version)
+    folder.mkdir(parents=True)
+    onnx.save(build_graph(card), folder / "model.onnx")
+    (folder / CARD_FILENAME).write_text(card.to_json())
+    return card
+
+
+@pytest.mark.parametrize("bias", [1.0, -1.0])
+def test_the_cards_study_score_sets_the_priority(
+    tmp_path: Path, make_client: Callable[..., TestClient], study: list[Path], bias: float
+) -> None:
+    card = _scored_repository(tmp_path / "repository", bias)
+    client = make_client(model_repository=tmp_path / "repository")
+    assert client.get("/v1/model").json()["priority_scores"][0]["level"] == "critical"
+    body = client.post("/v1/triage", files=multipart_files(study)).json()
+    assert not any(f["positive"] for f in body["findings"])
+    if bias < 0:
+        assert body["triage"] == {"priority": "routine", "findings": [], "basis": None}
+        return
+    # Critical by the score alone: the driver is the critical finding nearest its threshold,
+    # which (every threshold being 1) is the most probable one, and the key slice shows it.
+    critical = [f for f in body["findings"] if f["critical"]]
+    nearest = max(critical, key=lambda f: f["probability"])["code"]
+    assert card.priority_scores is not None
+    assert body["triage"] == {"priority": "critical", "findings": [nearest], "basis": "study_score"}
+    assert body["slices"]["key_finding"] == nearest

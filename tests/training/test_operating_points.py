@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 
 from service.findings import FINDINGS, TriageClass
+from service.priority import study_levels as rule_levels
 from synth.cooccurrence import sample_labels
 from training.operating_points import (
+    _score_threshold,
     priority_operating_points,
+    priority_scores,
     study_levels,
     true_levels,
     wilson_interval,
@@ -91,3 +94,75 @@ def test_wilson_interval() -> None:
 def test_shapes_are_checked() -> None:
     with pytest.raises(ValueError, match="studies"):
         priority_operating_points(np.zeros((3, 4)), np.zeros((3, 4)))
+
+
+# --- Study-level priority scores ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def held_out() -> tuple[np.ndarray, np.ndarray]:
+    """Studies the scores never saw, scored by the same model as ``clinical``."""
+    rng = np.random.default_rng(7)  # as ``clinical`` draws it: the same model of each finding
+    for _ in range(1500):
+        sample_labels(rng, 1.0)
+    separation, offset = rng.uniform(1.0, 4.0, len(FINDINGS)), rng.uniform(-4.0, 1.0, len(FINDINGS))
+    fresh = np.random.default_rng(8)
+    labels = np.stack([sample_labels(fresh, 1.0) for _ in range(1500)]).astype(float)
+    logits = offset + separation * labels + fresh.normal(size=labels.shape)
+    return labels, 1 / (1 + np.exp(-logits))
+
+
+def _called(labels, probabilities, choices, scores) -> tuple[np.ndarray, np.ndarray]:
+    thresholds = np.array([c.threshold for c in choices])
+    return true_levels(labels), rule_levels(probabilities, thresholds, scores)[0]
+
+
+def test_study_scores_reach_the_targets_out_of_fold_and_beat_the_findings_rule(
+    clinical, held_out
+) -> None:
+    labels, probabilities = clinical
+    choices, scores, (critical, urgent) = priority_scores(labels, probabilities)
+    assert [s.level for s in scores] == ["critical", "urgent"]
+    assert all(len(s.weights) == len(FINDINGS) for s in scores)
+    # Measured out of fold on the set they were chosen on.
+    assert critical.sensitivity >= 0.95 and urgent.sensitivity >= 0.90
+    assert critical.positives + critical.negatives == len(labels)
+    # On studies neither rule saw, at about the same sensitivity, the scores are more specific.
+    truth, called = _called(*held_out, choices, scores)
+    findings_choices, _ = priority_operating_points(labels, probabilities)
+    thresholds = np.array([c.threshold for c in findings_choices])
+    by_findings = study_levels(held_out[1], thresholds)
+    critical_truth = truth == 2
+    assert (called[critical_truth] == 2).mean() >= 0.93
+    assert (by_findings[critical_truth] == 2).mean() >= 0.93
+    score_specificity = (called[~critical_truth] != 2).mean()
+    assert score_specificity > (by_findings[~critical_truth] != 2).mean() + 0.05
+
+
+def test_every_finding_is_read_at_two_percent_beside_the_scores(clinical) -> None:
+    labels, probabilities = clinical
+    choices, _, _ = priority_scores(labels, probabilities)
+    for j, choice in enumerate(choices):
+        negatives = probabilities[labels[:, j] == 0, j]
+        assert choice.method == "false_positive_rate"
+        assert (negatives >= choice.threshold).mean() <= 0.02 + 1e-9
+
+
+def test_the_score_threshold_is_the_most_specific_that_reaches_the_goal() -> None:
+    values = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    target = np.array([True, False, True, True, False, True])
+    found = np.array([False, False, False, False, False, True])
+    # Three of four target studies: the last found, so two more by score, 5 and 3.
+    assert _score_threshold(values, found, target, 0.75) == 3.0
+    assert _score_threshold(values, found, target, 1.0) == 2.0
+    # The findings alone reach the goal: the threshold lies above every score.
+    assert _score_threshold(values, found, target, 0.25) > values.max()
+
+
+def test_too_few_studies_fall_back_to_the_findings_rule(clinical) -> None:
+    labels, probabilities = clinical[0][:40], clinical[1][:40]
+    choices, scores, points = priority_scores(labels, probabilities)
+    expected, expected_points = priority_operating_points(labels, probabilities)
+    assert scores == []
+    assert [c.threshold for c in choices] == [c.threshold for c in expected]
+    assert points == expected_points

@@ -161,6 +161,8 @@ def test_the_banner_and_findings_agree_with_the_json_api(
     drivers = page.find_element(By.ID, "drivers").text
     for code in api_result["triage"]["findings"]:
         assert names[code] in drivers
+    # A priority the study-level score set (no finding of its level positive) says so.
+    assert ("study-level score" in drivers) == (api_result["triage"].get("basis") == "study_score")
     study_line = page.find_element(By.ID, "study-line").text
     model = api_result["model"]
     assert f"Model {model['name']} version {model['version']}" in study_line

@@ -31,9 +31,12 @@ export function renderBanner(banner, result) {
   banner.className = `banner ${priority}`;
   banner.querySelector("#priority").textContent = priority;
   const drivers = result.triage.findings.map((code) => names.get(code) || code);
-  banner.querySelector("#drivers").textContent = drivers.length
-    ? `Driven by: ${drivers.join(", ")}`
-    : "No critical or urgent finding is positive.";
+  // basis study_score: no finding of the level is positive; the study-level score set it.
+  banner.querySelector("#drivers").textContent = !drivers.length
+    ? "No critical or urgent finding is positive."
+    : result.triage.basis === "study_score"
+      ? `Set by the study-level score (no ${priority} finding positive); nearest: ${drivers.join(", ")}`
+      : `Driven by: ${drivers.join(", ")}`;
   banner.querySelector("#study-line").textContent =
     `Model ${result.model.name} version ${result.model.version} · study ${result.study_uid} · ` +
     `${result.slices.source_count} slices read, ${result.slices.count} on the model grid`;
