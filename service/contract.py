@@ -6,11 +6,17 @@
     SLICE_ROUTER_WEIGHTS  FP32      [B, D, K]     per slice
     SLICE_ATTENTION       FP32      [B, D]        the pooling's attention over slices
     SLICE_EVIDENCE        FP32      [B, D, 75]    each slice's share of each finding's logit
+    SLICE_SCORES          FP32      [B, D, 75]    (slice-head models only) each slice's own logit
 
 SLICE_EVIDENCE is the attention times the head applied to the slice's features (plus, in a model
 with a slice head, the slice's softmax weight times that head's score of it): summed over the
-slices, plus the heads' biases, it is the study's logit for that finding. The gateway's key slice is
-the slice with the most evidence for the finding behind the triage (``service.postprocess``).
+slices, plus the heads' biases, it is the study's logit for that finding.
+
+SLICE_SCORES is the sixth output of a model whose card says ``adapter.slice_head``: the slice
+head's logit of each finding on each slice alone (``training.model``). The gateway's key slice is
+the slice with the highest score for the finding behind the triage when the model has it, else the
+slice with the most evidence (``service.postprocess``): a finding on two slices of 32 shows there
+far more clearly than in the evidence, which the attention's share spreads over the study.
 
 K is the card's expert count (1 for adapters without a router). The export step names the graph's
 tensors from here and checks its graph with ``check_graph`` (training imports ``service``, never
@@ -48,6 +54,7 @@ OUTPUT_NAMES = (
     "SLICE_ATTENTION",
     "SLICE_EVIDENCE",
 )
+SLICE_SCORES = "SLICE_SCORES"  # the sixth output, of models with a slice head only
 INPUT_DTYPE = np.dtype(np.int16)  # Hounsfield units, as the scanner stores them
 OUTPUT_DTYPE = np.dtype(np.float32)
 # The element types as onnxruntime reports them and as Triton names them (config.pbtxt adds the
@@ -88,10 +95,23 @@ def input_shape(grid: ModelGrid) -> tuple[int, int, int]:
     return (grid.depth, grid.height, grid.width)
 
 
-def output_shapes(depth: int, experts: int) -> dict[str, tuple[int, ...]]:
-    """Each output's shape after the batch dimension, in ``OUTPUT_NAMES`` order."""
-    shapes = ((NUM_FINDINGS,), (experts,), (depth, experts), (depth,), (depth, NUM_FINDINGS))
-    return dict(zip(OUTPUT_NAMES, shapes, strict=True))
+def output_names(slice_head: bool = False) -> tuple[str, ...]:
+    """The outputs a model has: the five, and SLICE_SCORES for a model with a slice head."""
+    return (*OUTPUT_NAMES, SLICE_SCORES) if slice_head else OUTPUT_NAMES
+
+
+def output_shapes(depth: int, experts: int, slice_head: bool = False) -> dict[str, tuple[int, ...]]:
+    """Each output's shape after the batch dimension, in ``output_names`` order."""
+    shapes: list[tuple[int, ...]] = [
+        (NUM_FINDINGS,),
+        (experts,),
+        (depth, experts),
+        (depth,),
+        (depth, NUM_FINDINGS),
+    ]
+    if slice_head:
+        shapes.append((depth, NUM_FINDINGS))
+    return dict(zip(output_names(slice_head), shapes, strict=True))
 
 
 def _check_tensor(
@@ -107,10 +127,13 @@ def _check_tensor(
         raise ModelContractError(f"{name} has shape {shape}, not {['B', *dims]}")
 
 
-def check_graph(session: ort.InferenceSession, grid: ModelGrid, experts: int) -> None:
-    """The graph's one input and five outputs are the contract's on ``grid`` with ``experts``
-    experts: names, element types, ranks and static dimensions. Outputs beyond the five are
-    ignored; an input beyond ``CT_VOLUME`` is refused (the gateway feeds only that one)."""
+def check_graph(
+    session: ort.InferenceSession, grid: ModelGrid, experts: int, slice_head: bool = False
+) -> None:
+    """The graph's one input and five outputs (six with ``slice_head``) are the contract's on
+    ``grid`` with ``experts`` experts: names, element types, ranks and static dimensions. Other
+    outputs are ignored; an input beyond ``CT_VOLUME`` is refused (the gateway feeds only that
+    one)."""
     inputs = {i.name: i for i in session.get_inputs()}
     if INPUT_NAME not in inputs:
         raise ModelContractError(f"the model has no input {INPUT_NAME} (has {sorted(inputs)})")
@@ -120,10 +143,10 @@ def check_graph(session: ort.InferenceSession, grid: ModelGrid, experts: int) ->
     volume = inputs[INPUT_NAME]
     _check_tensor(INPUT_NAME, volume.type, list(volume.shape), INPUT_DTYPE, input_shape(grid))
     outputs = {o.name: o for o in session.get_outputs()}
-    missing = [n for n in OUTPUT_NAMES if n not in outputs]
+    missing = [n for n in output_names(slice_head) if n not in outputs]
     if missing:
         raise ModelContractError(f"the model has no output {', '.join(missing)}")
-    for name, dims in output_shapes(grid.depth, experts).items():
+    for name, dims in output_shapes(grid.depth, experts, slice_head).items():
         _check_tensor(name, outputs[name].type, list(outputs[name].shape), OUTPUT_DTYPE, dims)
 
 
@@ -136,17 +159,19 @@ class ModelOutputs:
     slice_router_weights: np.ndarray  # float32 [B, D, K]
     slice_attention: np.ndarray  # float32 [B, D]
     slice_evidence: np.ndarray  # float32 [B, D, 75]
+    slice_scores: np.ndarray | None = None  # float32 [B, D, 75], models with a slice head
 
     @classmethod
     def from_named(
         cls, tensors: dict[str, np.ndarray], card: ModelCard, batch: int
     ) -> ModelOutputs:
         """Check names, shapes and finiteness against the card, so a wrong model fails loudly."""
-        missing = [n for n in OUTPUT_NAMES if n not in tensors]
+        names = output_names(card.adapter.slice_head)
+        missing = [n for n in names if n not in tensors]
         if missing:
             raise ModelContractError(f"the model returned no {', '.join(missing)}")
-        expected = output_shapes(card.grid.depth, card.adapter.experts)
-        arrays = {n: np.asarray(tensors[n], dtype=OUTPUT_DTYPE) for n in OUTPUT_NAMES}
+        expected = output_shapes(card.grid.depth, card.adapter.experts, card.adapter.slice_head)
+        arrays = {n: np.asarray(tensors[n], dtype=OUTPUT_DTYPE) for n in names}
         for name, dims in expected.items():
             shape = (batch, *dims)
             if arrays[name].shape != shape:
@@ -161,4 +186,5 @@ class ModelOutputs:
             slice_router_weights=arrays["SLICE_ROUTER_WEIGHTS"],
             slice_attention=arrays["SLICE_ATTENTION"],
             slice_evidence=arrays["SLICE_EVIDENCE"],
+            slice_scores=arrays.get(SLICE_SCORES),
         )

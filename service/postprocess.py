@@ -64,12 +64,17 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def key_slices(
-    ingest: IngestResult, attention: np.ndarray, shares: np.ndarray, code: str
+    ingest: IngestResult,
+    attention: np.ndarray,
+    shares: np.ndarray,
+    code: str,
+    scores: np.ndarray | None = None,
 ) -> Slices:
-    """The grid slice with the most evidence ``shares`` [D] for finding ``code`` (a slice's
-    attention times the head's score of its features: its share of the finding's logit), and the
-    series slice nearest to it."""
-    key = int(np.argmax(shares))
+    """The key slice for finding ``code``, and the series slice nearest to it: the slice the
+    slice head scores highest (``scores`` [D], SLICE_SCORES) in a model that has one, else the
+    slice with the most evidence ``shares`` [D] (a slice's attention times the head's score of its
+    features: its share of the finding's logit)."""
+    key = int(np.argmax(scores if scores is not None else shares))
     volume = ingest.volume
     source = np.asarray(volume.source_positions_mm, dtype=np.float64)
     nearest = int(np.argmin(np.abs(source - float(volume.positions_mm[key])))) if source.size else 0
@@ -80,6 +85,7 @@ def key_slices(
         key_slice=key,
         key_finding=code,
         evidence=shares.tolist(),
+        scores=None if scores is None else scores.tolist(),
         source_count=len(ingest.stack.slices),
         key_source_index=nearest,
         key_sop_instance_uid=str(uid) if uid else None,
@@ -115,6 +121,7 @@ def build_result(
             outputs.slice_attention[index],
             outputs.slice_evidence[index][:, shown],
             findings[shown].code,
+            None if outputs.slice_scores is None else outputs.slice_scores[index][:, shown],
         ),
         timing_ms=Timing(**{k: round(v, 3) for k, v in timing_ms.items()}),
         warnings=list(ingest.warnings),

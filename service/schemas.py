@@ -110,8 +110,9 @@ class Slices(BaseModel):
     count: int = Field(description="D, slices of the model grid (slice 0 inferior).")
     attention: list[float] = Field(description="Attention-pooling weight per grid slice, [D].")
     key_slice: int = Field(
-        description="Grid slice with the most evidence for key_finding (attention alone when the "
-        "result predates the evidence output)."
+        description="Grid slice that shows key_finding: the one the model's slice head scores "
+        "highest for it (SLICE_SCORES) when the model has a slice head, else the one with the most "
+        "evidence for it (attention alone when the result predates the evidence output)."
     )
     # Results stored before the model had SLICE_EVIDENCE have neither field: they read as null.
     key_finding: str | None = Field(
@@ -123,6 +124,11 @@ class Slices(BaseModel):
         default=None,
         description="key_finding's evidence per grid slice, [D]: the slice's attention times the "
         "head's score of its features, its additive share of that finding's logit.",
+    )
+    scores: list[float] | None = Field(
+        default=None,
+        description="key_finding's slice-head logit per grid slice, [D] (SLICE_SCORES), whose "
+        "highest is the key slice; None for a model without a slice head.",
     )
     source_count: int = Field(description="Slices of the selected series.")
     key_source_index: int = Field(

@@ -20,7 +20,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.contract import DEFAULT_WINDOWS, INPUT_NAME, OUTPUT_NAMES, input_shape, output_shapes
+from service.contract import (
+    DEFAULT_WINDOWS,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    SLICE_SCORES,
+    input_shape,
+    output_shapes,
+)
 from service.findings import FINDINGS
 from service.model_card import (
     CARD_FILENAME,
@@ -124,6 +131,16 @@ def build_graph(card: ModelCard, seed: int = 0) -> onnx.ModelProto:
         n("Unsqueeze", [attention, "axis_last"], ["att_col"]),  # [B, D, 1]
         n("Mul", ["att_col", "slice_head"], [evidence]),
     ]
+    slice_head = card.adapter.slice_head
+    if slice_head:  # SLICE_SCORES: another linear map of each slice's features
+        init += [
+            _const("w_slice", rng.normal(0, 1.5, (n_feat, f))),
+            _const("b_slice", rng.normal(-1.0, 0.5, f)),
+        ]
+        nodes += [
+            n("MatMul", ["feat", "w_slice"], ["slice_mm"]),
+            n("Add", ["slice_mm", "b_slice"], [SLICE_SCORES]),
+        ]
     volume = ["batch", *input_shape(card.grid.to_model_grid())]
     graph = helper.make_graph(
         nodes,
@@ -131,7 +148,7 @@ def build_graph(card: ModelCard, seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.INT16, volume)],
         [
             helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *dims])
-            for name, dims in output_shapes(d, k).items()
+            for name, dims in output_shapes(d, k, slice_head).items()
         ],
         init,
     )

@@ -53,10 +53,18 @@ def make_validation_data(folder: Path, grid: tuple[int, int, int], studies: int)
     return folder
 
 
-def make_tiny_run(folder: Path, *, data: Path | None = None, grid=GRID, seed: int = 0) -> Path:
+def make_tiny_run(
+    folder: Path,
+    *,
+    data: Path | None = None,
+    grid=GRID,
+    seed: int = 0,
+    slice_head: bool = False,
+) -> Path:
     """A run folder as ``training.train`` writes it (config.json, best.pt, validation
-    predictions) for a tiny DINOv2 MoLRE whose experts are switched on, on a saved backbone,
-    recorded as trained on synthetic data."""
+    predictions) for a tiny DINOv2 MoLRE whose experts are switched on (and, with
+    ``slice_head``, a slice head of random weights), on a saved backbone, recorded as trained on
+    synthetic data."""
     folder.mkdir(parents=True)
     torch.manual_seed(seed)
     weights = folder / "backbone"  # a frozen backbone is only reproducible from a checkpoint
@@ -67,15 +75,20 @@ def make_tiny_run(folder: Path, *, data: Path | None = None, grid=GRID, seed: in
         weights=str(weights),
         molre=MoLREConfig(experts=EXPERTS, rank=2),
         grid=grid,
+        slice_head=slice_head,
         validation_fraction=0.5,
     )
     run = RunConfig.for_training(
         train, synthetic=True, train_studies=6, validation_studies=6, skipped_studies={}
     )
     replace(run, created="2026-01-02T03:04:05+00:00").write(folder)
-    model = build_model("tiny_dinov2", adapter="molre", molre=run.molre, weights=weights).eval()
+    model = build_model(
+        "tiny_dinov2", adapter="molre", molre=run.molre, weights=weights, slice_head=slice_head
+    ).eval()
     for _, layer in expert_layers(model.backbone):
         torch.nn.init.normal_(layer.lora_B, std=0.2)
+    if model.slice_head is not None:
+        torch.nn.init.normal_(model.slice_head.weight, std=0.2)
     torch.save({"model": model.trainable_state_dict()}, folder / "best.pt")
     rng = np.random.default_rng(seed)
     router = rng.dirichlet(np.ones(EXPERTS), 6)

@@ -40,19 +40,26 @@ class Detailed:
     attention: np.ndarray  # [N, D]
     slice_router: np.ndarray  # [N, D, K]
     evidence: np.ndarray  # [N, D, 75]
+    scores: np.ndarray | None = None  # [N, D, 75]: the slice head's (SLICE_SCORES), if any
 
 
 def predict_detailed(run: Path, data: Path, name: str) -> Detailed:
-    attention, slices, evidence = [], [], []
+    attention, slices, evidence, scores = [], [], [], []
 
     def keep(output: ModelOutput) -> None:
         attention.append(output.slice_attention.numpy())
         slices.append(output.slice_router_weights.numpy())
         evidence.append(output.slice_evidence.numpy())
+        if output.slice_scores is not None:
+            scores.append(output.slice_scores.numpy())
 
     predictions = predict_run(run, data, name=name, batch_size=BATCH, each_output=keep)
     return Detailed(
-        predictions, np.concatenate(attention), np.concatenate(slices), np.concatenate(evidence)
+        predictions,
+        np.concatenate(attention),
+        np.concatenate(slices),
+        np.concatenate(evidence),
+        np.concatenate(scores) if scores else None,
     )
 
 
@@ -61,13 +68,14 @@ def key_slice_check(
     test: Path,
     depth: int,
     thresholds: np.ndarray,
-    scores: list[PriorityScore] | None = None,
-) -> dict[str, float]:
+    scores_rule: list[PriorityScore] | None = None,
+) -> dict[str, Any]:
     """For positive test studies: how often the key slice lies inside an annotated lesion of one
     of the study's focal findings (those covering under half of the slices), against the chance
-    rate of a random slice. The key slice as the gateway picks it (the most evidence for the key
-    finding at ``thresholds`` and the priority ``scores``), and the highest-attention slice
-    beside it."""
+    rate of a random slice. The key slice as the gateway picks it (for the key finding at
+    ``thresholds`` and the priority scores ``scores_rule``: the slice head's highest-scoring
+    slice in a model with one, else the slice with the most evidence), and beside it the slice
+    with the most evidence and the highest-attention slice."""
     annotations = json.loads((test / "annotations.json").read_text())
     source_slices = int(annotations["options"]["slices"])
 
@@ -75,23 +83,28 @@ def key_slice_check(
         # Grid slices span the series' first to last slice: map the key slice back.
         return round(grid_slice * (source_slices - 1) / max(depth - 1, 1)) in inside
 
-    hits, attention_hits, chance, counted = 0, 0, 0.0, 0
+    hits, attention_hits, evidence_hits, chance, counted = 0, 0, 0, 0.0, 0
+    scores = detailed.scores if detailed.scores is not None else [None] * len(detailed.evidence)
     rows = zip(
         detailed.predictions.study_uids,
         detailed.predictions.probabilities,
         detailed.attention,
         detailed.evidence,
+        scores,
         strict=True,
     )
-    for uid, probabilities, attention, evidence in rows:
+    for uid, probabilities, attention, evidence, score in rows:
         focal = [s for s in annotations.get(uid, {}).values() if len(s) < source_slices / 2]
         if not focal:
             continue
         inside = {int(x) for s in focal for x in s}
         shown = key_finding(
-            probabilities, thresholds, decide(probabilities, thresholds, scores).drivers
+            probabilities, thresholds, decide(probabilities, thresholds, scores_rule).drivers
         )
-        hits += in_lesion(int(np.argmax(evidence[:, shown])), inside)
+        by_evidence = int(np.argmax(evidence[:, shown]))
+        key = by_evidence if score is None else int(np.argmax(score[:, shown]))
+        hits += in_lesion(key, inside)
+        evidence_hits += in_lesion(by_evidence, inside)
         attention_hits += in_lesion(int(np.argmax(attention)), inside)
         chance += len(inside) / source_slices
         counted += 1
@@ -100,6 +113,8 @@ def key_slice_check(
         "studies": counted,
         "key_slice_in_lesion": hits / counted if counted else nan,
         "attention_slice_in_lesion": attention_hits / counted if counted else nan,
+        "evidence_slice_in_lesion": evidence_hits / counted if counted else nan,
+        "key_slice_from": "slice scores" if detailed.scores is not None else "evidence",
         "chance": chance / counted if counted else nan,
     }
 

@@ -95,19 +95,22 @@ def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None
         "",
         "## Key slice",
         "",
-        "The gateway's key slice is the slice with the most evidence (attention times the head's "
-        "score of the slice's features, plus the slice head's share where the model has one) for "
-        "the key finding: the triage finding furthest above its threshold (when the study "
-        "score alone set the priority, the finding of its level nearest its threshold). How "
-        "often it lies in "
-        "an annotated focal lesion of a positive test study:",
+        "The gateway's key slice shows the key finding: the triage finding furthest above its "
+        "threshold (when the study score alone set the priority, the finding of its level "
+        "nearest its threshold). In a model with a slice head it is the slice the slice head "
+        "scores highest for that finding (SLICE_SCORES); otherwise the slice with the most "
+        "evidence (attention times the head's score of the slice's features). How often it lies "
+        "in an annotated focal lesion of a positive test study:",
         "",
     ]
     for arm, key in summary["key_slice"].items():
         attention = key.get("attention_slice_in_lesion")
+        evidence = key.get("evidence_slice_in_lesion")
         beside = (
             f"; the highest-attention slice {100 * attention:.0f}%" if attention is not None else ""
         )
+        if evidence is not None and key.get("key_slice_from") == "slice scores":
+            beside += f"; the slice with the most evidence {100 * evidence:.0f}%"
         lines.append(
             f"- {arm}: {100 * key['key_slice_in_lesion']:.0f}% of {key['studies']} studies "
             f"(a random slice: {100 * key['chance']:.0f}%{beside})."

@@ -31,7 +31,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from service.contract import INPUT_NAME, OUTPUT_NAMES, check_graph
+from service.contract import INPUT_NAME, check_graph, output_names
 from service.errors import ModelContractError
 from service.findings import FINDINGS
 from service.model_card import (
@@ -73,7 +73,7 @@ RESEARCH_USE = (
     "validated for clinical use."
 )
 
-Outputs = tuple[np.ndarray, ...]  # the contract's outputs, in OUTPUT_NAMES order
+Outputs = tuple[np.ndarray, ...]  # the contract's outputs, in output_names order
 
 
 class ExportError(RuntimeError):
@@ -89,13 +89,15 @@ class ServingGraph(nn.Module):
 
     def forward(self, volume: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(volume)
-        return (
+        outputs = (
             out.probabilities,
             out.router_weights,
             out.slice_router_weights,
             out.slice_attention,
             out.slice_evidence,
         )
+        # A model with a slice head also outputs its per-slice scores (SLICE_SCORES).
+        return outputs if out.slice_scores is None else (*outputs, out.slice_scores)
 
 
 def synthetic_volumes(grid: ModelGrid, count: int, seed: int = 0) -> np.ndarray:
@@ -167,7 +169,7 @@ def export_onnx(model: HeadCTModel, grid: ModelGrid, path: Path) -> None:
             external_data=False,
             opset_version=OPSET,
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(output_names(model.slice_head is not None)),
             dynamic_shapes={"volume": {0: batch}},
             verbose=False,
         )
@@ -210,7 +212,8 @@ def _runners(
             return tuple(t.numpy() for t in ServingGraph(model)(torch.from_numpy(batch)))
 
     def onnx_runner(session: ort.InferenceSession) -> Callable[[np.ndarray], Outputs]:
-        return lambda batch: tuple(session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch}))
+        names = list(output_names(model.slice_head is not None))
+        return lambda batch: tuple(session.run(names, {INPUT_NAME: batch}))
 
     return {"torch": eager} | {name: onnx_runner(s) for name, s in sessions.items()}
 
@@ -231,7 +234,7 @@ def _predict(
                 parts[name].append(run(batch))
         seen += len(batch)
     return {
-        name: tuple(np.concatenate([p[i] for p in chunks]) for i in range(len(OUTPUT_NAMES)))
+        name: tuple(np.concatenate([p[i] for p in chunks]) for i in range(len(chunks[0])))
         for name, chunks in parts.items()
     }
 
@@ -388,7 +391,7 @@ def export_run(
         sessions = {"onnx": _session(path)} | {k: _session(p) for k, p in variants.items()}
         for kind, session in sessions.items():
             try:
-                check_graph(session, grid, model.experts)
+                check_graph(session, grid, model.experts, model.slice_head is not None)
             except ModelContractError as exc:
                 raise ExportError(f"the {kind} graph breaks the serving contract: {exc}") from None
 

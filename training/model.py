@@ -108,6 +108,9 @@ class ModelOutput(NamedTuple):
     # slice's features, plus the slice head's softmax weight times its score of the slice); over
     # the slices it sums to the logit less the heads' biases.
     slice_evidence: torch.Tensor
+    # [B, D, 75] with a slice head: its logit of each finding on each slice alone (the
+    # contract's SLICE_SCORES, where the gateway finds the key slice); None without one.
+    slice_scores: torch.Tensor | None = None
 
 
 class HeadCTModel(nn.Module):
@@ -256,6 +259,7 @@ class HeadCTModel(nn.Module):
             gates = _to_depth(gates.flatten(2), depth).unflatten(2, gates.shape[2:])
 
         raw = features
+        slice_scores = None
         features = self.feature_norm(features.flatten(0, 1)).unflatten(0, features.shape[:2])
         study, attention = self.pooling(features, slice_mask)
         logits = self.head(study)
@@ -271,6 +275,7 @@ class HeadCTModel(nn.Module):
             share = torch.softmax(weights, dim=1) * scores
             logits = logits + share.sum(dim=1) + self.slice_head.bias
             evidence = evidence + share
+            slice_scores = scores + self.slice_head.bias
         slice_router = gates.mean(dim=2)
         if slice_mask is None:
             router = slice_router.mean(dim=1)
@@ -278,7 +283,14 @@ class HeadCTModel(nn.Module):
             weights = slice_mask.to(slice_router.dtype).unsqueeze(-1)
             router = (slice_router * weights).sum(1) / weights.sum(1).clamp(min=1)
         return ModelOutput(
-            logits, torch.sigmoid(logits), router, slice_router, attention, gates, evidence
+            logits,
+            torch.sigmoid(logits),
+            router,
+            slice_router,
+            attention,
+            gates,
+            evidence,
+            slice_scores if self.slice_head is not None else None,
         )
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

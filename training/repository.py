@@ -115,7 +115,9 @@ def _io(card: ModelCard) -> str:
     volume = _tensor(INPUT_NAME, INPUT_DTYPE, input_shape(card.grid.to_model_grid()))
     outputs = ",\n".join(
         _tensor(name, OUTPUT_DTYPE, dims)
-        for name, dims in output_shapes(card.grid.depth, card.adapter.experts).items()
+        for name, dims in output_shapes(
+            card.grid.depth, card.adapter.experts, card.adapter.slice_head
+        ).items()
     )
     return f"input [\n{volume}\n]\noutput [\n{outputs}\n]\n"
 

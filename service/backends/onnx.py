@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from service.contract import INPUT_DTYPE, INPUT_NAME, OUTPUT_NAMES, ModelOutputs, check_graph
+from service.contract import INPUT_DTYPE, INPUT_NAME, ModelOutputs, check_graph, output_names
 from service.errors import BackendUnavailableError, ModelContractError
 from service.model_card import CARD_FILENAME, CARD_METADATA_KEY, ModelCard
 
@@ -105,7 +105,12 @@ class OnnxBackend:
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelContractError(f"onnxruntime cannot load {path}: {exc}") from None
         self._card = read_card(folder, self._session)
-        check_graph(self._session, self._card.grid.to_model_grid(), self._card.adapter.experts)
+        check_graph(
+            self._session,
+            self._card.grid.to_model_grid(),
+            self._card.adapter.experts,
+            self._card.adapter.slice_head,
+        )
         if str(self._card.version) != folder.name:
             log.warning(
                 "model card version differs from its folder",
@@ -126,9 +131,10 @@ class OnnxBackend:
         if self._closed.is_set():
             raise BackendUnavailableError("the onnx backend is closed")
         batch = np.ascontiguousarray(volumes, dtype=INPUT_DTYPE)
-        values = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+        names = output_names(self._card.adapter.slice_head)
+        values = self._session.run(list(names), {INPUT_NAME: batch})
         return ModelOutputs.from_named(
-            dict(zip(OUTPUT_NAMES, values, strict=True)), self._card, batch.shape[0]
+            dict(zip(names, values, strict=True)), self._card, batch.shape[0]
         )
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from service.contract import INPUT_DTYPE, INPUT_NAME, OUTPUT_NAMES, TRITON_TYPES, ModelOutputs
+from service.contract import INPUT_DTYPE, INPUT_NAME, TRITON_TYPES, ModelOutputs, output_names
 from service.errors import BackendTimeoutError, BackendUnavailableError, ModelContractError
 from service.model_card import CARD_METADATA_KEY, ModelCard
 
@@ -128,7 +128,8 @@ class TritonBackend:
         batch = np.ascontiguousarray(volumes, dtype=INPUT_DTYPE)
         tensor = triton_http.InferInput(INPUT_NAME, list(batch.shape), TRITON_TYPES[INPUT_DTYPE])
         tensor.set_data_from_numpy(batch, binary_data=True)
-        wanted = [triton_http.InferRequestedOutput(n, binary_data=True) for n in OUTPUT_NAMES]
+        names = output_names(card.adapter.slice_head)
+        wanted = [triton_http.InferRequestedOutput(n, binary_data=True) for n in names]
         try:
             result = self._call(
                 "inference",
@@ -141,7 +142,7 @@ class TritonBackend:
         except BackendUnavailableError:
             self._card = None  # the model may come back as another version: read its card again
             raise
-        named = {n: result.as_numpy(n) for n in OUTPUT_NAMES}
+        named = {n: result.as_numpy(n) for n in names}
         present = {n: v for n, v in named.items() if v is not None}
         return ModelOutputs.from_named(present, card, batch.shape[0])
 

@@ -101,12 +101,15 @@ def test_the_shipped_model_honours_the_contract(filename: str) -> None:
     card = ModelCard.from_json((SHIPPED / CARD_FILENAME).read_bytes())
     session = _session(SHIPPED / filename)
     grid = card.grid.to_model_grid()
-    check_graph(session, grid, card.adapter.experts)
+    slice_head = card.adapter.slice_head
+    check_graph(session, grid, card.adapter.experts, slice_head)
     deeper = ModelGrid(grid.depth + 1, grid.height, grid.width)
     with pytest.raises(ModelContractError, match="CT_VOLUME has shape"):
-        check_graph(session, deeper, card.adapter.experts)
+        check_graph(session, deeper, card.adapter.experts, slice_head)
     with pytest.raises(ModelContractError, match="ROUTER_WEIGHTS has shape"):
-        check_graph(session, grid, card.adapter.experts + 1)
+        check_graph(session, grid, card.adapter.experts + 1, slice_head)
+    if slice_head:  # the shipped model (v6 on) has the sixth output
+        assert "SLICE_SCORES" in {o.name for o in session.get_outputs()}
 
 
 def test_the_fixture_model_honours_the_contract() -> None:
@@ -172,6 +175,39 @@ def _outputs(batch: int, depth: int, experts: int) -> dict[str, np.ndarray]:
         name: rng.random((batch, *dims)).astype(np.float64)
         for name, dims in output_shapes(depth, experts).items()
     }
+
+
+def test_a_slice_head_model_must_have_slice_scores() -> None:
+    # Without a slice head SLICE_SCORES is an extra output (ignored); with one it is required,
+    # with the evidence's shape.
+    five = _contract_outputs()
+    six = {
+        name: (FLOAT, ["batch", *dims])
+        for name, dims in output_shapes(GRID.depth, EXPERTS, slice_head=True).items()
+    }
+    assert list(six) == [*five, "SLICE_SCORES"]
+    check_graph(_graph(outputs=six), GRID, EXPERTS, slice_head=True)
+    check_graph(_graph(outputs=six), GRID, EXPERTS)
+    with pytest.raises(ModelContractError, match="no output SLICE_SCORES"):
+        check_graph(_graph(outputs=five), GRID, EXPERTS, slice_head=True)
+    wrong = five | {"SLICE_SCORES": (FLOAT, ["batch", GRID.depth, 74])}
+    with pytest.raises(ModelContractError, match="SLICE_SCORES has shape"):
+        check_graph(_graph(outputs=wrong), GRID, EXPERTS, slice_head=True)
+
+    base = fixture_card(depth=8, height=64, width=64, experts=4)
+    card = ModelCard.model_validate(
+        base.model_dump() | {"adapter": base.adapter.model_dump() | {"slice_head": True}}
+    )
+    tensors = _outputs(2, 8, 4)
+    with pytest.raises(ModelContractError, match="returned no SLICE_SCORES"):
+        ModelOutputs.from_named(tensors, card, batch=2)
+    scores = np.random.default_rng(1).random((2, 8, 75))
+    outputs = ModelOutputs.from_named(tensors | {"SLICE_SCORES": scores}, card, batch=2)
+    assert outputs.slice_scores is not None
+    np.testing.assert_allclose(outputs.slice_scores, scores, rtol=1e-6)
+    assert ModelOutputs.from_named(tensors, base, batch=2).slice_scores is None
+    with pytest.raises(ModelContractError, match=r"SLICE_SCORES has shape \[2, 8, 74\]"):
+        ModelOutputs.from_named(tensors | {"SLICE_SCORES": scores[..., :74]}, card, batch=2)
 
 
 def test_outputs_are_checked_against_the_card_at_run_time() -> None:

@@ -263,3 +263,32 @@ def test_the_cards_study_score_sets_the_priority(
     assert card.priority_scores is not None
     assert body["triage"] == {"priority": "critical", "findings": [nearest], "basis": "study_score"}
     assert body["slices"]["key_finding"] == nearest
+
+
+def test_a_slice_head_model_shows_its_highest_scoring_slice(
+    tmp_path: Path, make_client: Callable[..., TestClient], study: list[Path]
+) -> None:
+    """A card with ``adapter.slice_head``: the model's sixth output, SLICE_SCORES, chooses the
+    key slice (the evidence still travels beside it)."""
+    base = fixture_card(depth=8, height=64, width=64, experts=4)
+    card = ModelCard.model_validate(
+        base.model_dump() | {"adapter": base.adapter.model_dump() | {"slice_head": True}}
+    )
+    folder = tmp_path / "repository" / card.name / str(card.version)
+    folder.mkdir(parents=True)
+    onnx.save(build_graph(card), folder / "model.onnx")
+    (folder / CARD_FILENAME).write_text(card.to_json())
+    backend = OnnxBackend(tmp_path / "repository" / card.name, intra_op_threads=1)
+    ingest = ingest_study(study, grid=card.grid.to_model_grid())
+    outputs = backend.infer(ingest.volume.hu[None])
+    assert outputs.slice_scores is not None and outputs.slice_scores.shape == (1, 8, 75)
+
+    client = make_client(model_repository=tmp_path / "repository")
+    slices = client.post("/v1/triage", files=multipart_files(study)).json()["slices"]
+    column = list(FINDING_CODES).index(slices["key_finding"])
+    scores = outputs.slice_scores[0][:, column]
+    np.testing.assert_allclose(slices["scores"], scores, atol=1e-5)
+    np.testing.assert_allclose(slices["evidence"], outputs.slice_evidence[0][:, column], atol=1e-5)
+    assert slices["key_slice"] == int(np.argmax(scores))
+    # The fixture's scores and evidence disagree here, so the test tells the two rules apart.
+    assert slices["key_slice"] != int(np.argmax(outputs.slice_evidence[0][:, column]))

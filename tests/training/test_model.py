@@ -159,16 +159,17 @@ def test_export_returns_the_same_gates_as_eager(tmp_path) -> None:
         assert torch.allclose(exported.logits, eager.logits, atol=1e-5)
 
     path = tmp_path / "model.onnx"
+    # No slice head: its output (slice_scores) is None, which the graph does not return.
+    fields = [f for f in expected[0]._fields if getattr(expected[0], f) is not None]
+    assert fields == [f for f in expected[0]._fields if f != "slice_scores"]
     torch.onnx.export(
         model, (traced,), path, dynamo=True, external_data=False, input_names=["CT_VOLUME"],
-        output_names=list(expected[0]._fields),
+        output_names=fields,
         dynamic_shapes={"volume": {0: "batch", 1: "depth"}},
     )  # fmt: skip
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     for volume, eager in zip((traced, other), expected, strict=True):
-        outputs = dict(
-            zip(eager._fields, session.run(None, {"CT_VOLUME": volume.numpy()}), strict=True)
-        )
+        outputs = dict(zip(fields, session.run(None, {"CT_VOLUME": volume.numpy()}), strict=True))
         np.testing.assert_allclose(outputs["gates"], eager.gates.numpy(), atol=1e-5)
         np.testing.assert_allclose(
             outputs["router_weights"], eager.router_weights.numpy(), atol=1e-5
@@ -219,6 +220,11 @@ def test_the_slice_head_adds_a_smooth_maximum_of_the_slices_scores(name: str, ad
         expected = (torch.softmax(real, dim=0) * real).sum(0)
         torch.testing.assert_close(added[1], expected, atol=1e-4, rtol=0)
         assert (added[1] >= real.mean(0) - 1e-5).all() and (added[1] <= real.max(0).values).all()
+        # SLICE_SCORES: each slice's score plus the head's bias, a logit of the slice alone.
+        assert output.slice_scores is not None
+        torch.testing.assert_close(output.slice_scores, scores + head.bias, atol=1e-4, rtol=0)
+    assert without.slice_scores is None
+    assert output.slice_scores is not None and output.slice_scores.shape == (2, 6, 75)
 
 
 def test_the_slice_head_starts_from_the_pretraining_head(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from service.backends.triton import TritonBackend
-from service.contract import INPUT_DTYPE, INPUT_NAME, OUTPUT_NAMES
+from service.contract import INPUT_DTYPE, INPUT_NAME, output_names
 from service.preprocess import ModelGrid
 from testing.tiny_run import GRID, make_tiny_run
 from testing.triton_local import triton_server
@@ -29,12 +29,15 @@ from training.export import export_run, synthetic_volumes
 from training.repository import CPU_MODEL_SOURCE
 
 MODEL = "headct_molre_cpu"
+NAMES = output_names(slice_head=True)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("triton")
-    run = make_tiny_run(root / "run")
+    # With a slice head: the sixth output (SLICE_SCORES) travels through Triton too. (The
+    # gateway's Triton tests serve a model without one: tests/service/conftest.py.)
+    run = make_tiny_run(root / "run", slice_head=True)
     # The default EXECUTION_ENV_PATH does not lead to the venv from a temporary repository: the
     # launcher serves an overlay with the venv's absolute path instead.
     result = export_run(run, root / "repository")
@@ -48,21 +51,19 @@ def _infer(url: str, volumes: np.ndarray) -> dict[str, np.ndarray]:
     try:
         tensor = triton_http.InferInput(INPUT_NAME, list(volumes.shape), "INT16")
         tensor.set_data_from_numpy(volumes, binary_data=True)
-        wanted = [triton_http.InferRequestedOutput(n, binary_data=True) for n in OUTPUT_NAMES]
+        wanted = [triton_http.InferRequestedOutput(n, binary_data=True) for n in NAMES]
         result = client.infer(MODEL, [tensor], outputs=wanted)
-        return {name: result.as_numpy(name) for name in OUTPUT_NAMES}
+        return {name: result.as_numpy(name) for name in NAMES}
     finally:
         client.close()
 
 
 def _expected(session: ort.InferenceSession, volumes: np.ndarray) -> dict[str, np.ndarray]:
-    return dict(
-        zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: volumes}), strict=True)
-    )
+    return dict(zip(NAMES, session.run(list(NAMES), {INPUT_NAME: volumes}), strict=True))
 
 
 def _assert_same(got: dict[str, np.ndarray], expected: dict[str, np.ndarray], log: str) -> None:
-    for name in OUTPUT_NAMES:
+    for name in NAMES:
         assert got[name].shape == expected[name].shape, f"{name}\n{log}"
         np.testing.assert_allclose(got[name], expected[name], atol=1e-5, rtol=0, err_msg=name)
 
@@ -145,6 +146,8 @@ def test_the_gateway_triton_backend_reads_the_card_and_infers(served) -> None:
         expected = _expected(session, volumes)
         np.testing.assert_allclose(outputs.probabilities, expected["PROBABILITIES"], atol=1e-5)
         np.testing.assert_allclose(outputs.slice_attention, expected["SLICE_ATTENTION"], atol=1e-5)
+        assert backend.card.adapter.slice_head and outputs.slice_scores is not None
+        np.testing.assert_allclose(outputs.slice_scores, expected["SLICE_SCORES"], atol=1e-5)
     finally:
         backend.close()
 
@@ -248,7 +251,7 @@ def test_python_model_answers_each_request_of_a_batch_on_its_own(served, python_
     assert "shape" in str(responses[1].error) and "INT16" in str(responses[3].error)
     for response, volume in zip((responses[0], responses[4]), good, strict=True):
         expected = _expected(session, volume)
-        for name in OUTPUT_NAMES:
+        for name in NAMES:
             np.testing.assert_allclose(response.outputs[name], expected[name], atol=1e-6)
 
     # A joint batch that fails is retried request by request: only the failing one errs.
