@@ -66,6 +66,7 @@ def test_export_writes_a_new_version_with_variants(exported) -> None:
     )
     metrics = result.card.provenance.metrics
     assert metrics["onnx_max_abs_difference"] < 1e-4
+    assert metrics["onnx_max_scaled_difference"] <= metrics["onnx_max_abs_difference"]
     assert metrics["validation_studies"] == 6  # the run's validation half of the 12 studies
     assert metrics["onnx_parity_studies"] == 4  # PyTorch ran on the first batch only
     for kind in ("fp16", "int8"):
@@ -316,3 +317,15 @@ def test_a_shared_router_exports_with_its_frozen_pass(tmp_path: Path) -> None:
     np.testing.assert_allclose(outputs[0], expected.probabilities.numpy(), atol=1e-4)
     np.testing.assert_allclose(outputs[2], expected.slice_router_weights.numpy(), atol=1e-4)
     assert outputs[1].shape == (3, 3) and np.ptp(outputs[2], axis=1).max() > 1e-3
+
+
+def test_parity_is_relative_for_large_outputs_and_absolute_for_small() -> None:
+    from training.export import max_abs_difference, max_scaled_difference
+
+    probabilities = np.array([[0.2, 0.9]])
+    logits = np.array([[40.0, -25.0]])
+    a = (probabilities + 5e-5, logits + 2e-3)  # float32 rounding at 40 is about 4e-6 per op
+    assert max_abs_difference(a, (probabilities, logits)) == pytest.approx(2e-3)
+    assert max_scaled_difference(a, (probabilities, logits)) == pytest.approx(5e-5)
+    off = (probabilities + 2e-4, logits)
+    assert max_scaled_difference(off, (probabilities, logits)) == pytest.approx(2e-4)
