@@ -119,24 +119,29 @@ class CardOperatingPoint(_Strict):
 
 
 class CardPriorityScore(_Strict):
-    """A study-level score for one priority level (``service.priority``): ``weights . logit(p) +
-    bias`` over the 75 findings' probabilities in card order (each clipped to [1e-6, 1 - 1e-6]);
-    the study is at this level or higher when the score reaches ``threshold`` (or when a finding
-    of the level is positive)."""
+    """A study-level score for one priority level (``service.priority``): ``weights . (logit(p) -
+    center) + bias`` over the 75 findings' probabilities in card order (each clipped to [1e-6,
+    1 - 1e-6]); the study is at this level or higher when the score reaches ``threshold`` (or
+    when a finding of the level is positive)."""
 
     level: Literal["critical", "urgent"]
     weights: list[float] = Field(description="One weight per finding, in card order.")
+    center: list[float] = Field(
+        description="Each finding's mean logit on the set the score was fitted on: a finding's "
+        "share of the score is its weight times its logit's distance from this."
+    )
     bias: float
     threshold: float
     fitted_on: str = Field(description="The set the score was fitted and its threshold chosen on.")
 
     @model_validator(mode="after")
     def _check(self) -> CardPriorityScore:
-        if len(self.weights) != len(FINDINGS):
-            raise ValueError(
-                f"a priority score needs {len(FINDINGS)} weights, one per finding; "
-                f"it has {len(self.weights)}"
-            )
+        for name in ("weights", "center"):
+            if len(getattr(self, name)) != len(FINDINGS):
+                raise ValueError(
+                    f"a priority score needs {len(FINDINGS)} {name}, one per finding; "
+                    f"it has {len(getattr(self, name))}"
+                )
         return self
 
 

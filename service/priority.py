@@ -7,15 +7,17 @@ Two rules, chosen by the model card:
   (``service.findings.triage_priority``).
 - **Study scores** (cards with ``priority_scores``): a level also fires when its study-level score
   reaches the score's threshold. A score is a linear function of the 75 findings' logits,
-  ``weights . logit(p) + bias``, fitted on the validation set to tell studies of that level (or
-  higher) from the rest. Thirty-five critical findings each read on its own multiply their false
-  positives; a score weighs them together (a bleed raises several hemorrhage findings at once,
-  noise raises one), so it separates critical studies better at the same sensitivity. A positive
-  finding still sets its level, so the findings a user reads never contradict the priority.
+  ``weights . (logit(p) - center) + bias`` (``center``: each logit's mean on the validation set),
+  fitted there to tell studies of that level (or higher) from the rest. Thirty-five critical
+  findings each read on its own multiply their false positives; a score weighs them together (a
+  bleed raises several hemorrhage findings at once, noise raises one), so it separates critical
+  studies better at the same sensitivity. A positive finding still sets its level, so the
+  findings a user reads never contradict the priority.
 
 When a score alone sets the priority, no finding of that level is positive; the finding of that
-level nearest its threshold (in logits) is then named as the driver, and ``basis`` says
-``study_score``.
+level that adds the most to the score, ``weight * (logit - center)``, is then named as the driver
+(and the key slice shows it), and ``basis`` says ``study_score``. (Measured on the demo model:
+its key slice lies in the lesion more often than that of the finding nearest its threshold.)
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class StudyScore(Protocol):
     def weights(self) -> Sequence[float]: ...
 
     @property
+    def center(self) -> Sequence[float]: ...
+
+    @property
     def bias(self) -> float: ...
 
     @property
@@ -62,8 +67,17 @@ def finding_logits(probabilities: np.ndarray) -> np.ndarray:
 
 def score_values(score: StudyScore, probabilities: np.ndarray) -> np.ndarray:
     """The score of each study ([N, 75] probabilities, or one study's [75])."""
-    values: np.ndarray = finding_logits(probabilities) @ np.asarray(score.weights) + score.bias
+    values: np.ndarray = contributions(score, probabilities).sum(axis=-1) + score.bias
     return values
+
+
+def contributions(score: StudyScore, probabilities: np.ndarray) -> np.ndarray:
+    """Each finding's share of the score: ``weight * (logit - center)``, same shape as
+    ``probabilities``."""
+    shares: np.ndarray = np.asarray(score.weights) * (
+        finding_logits(probabilities) - np.asarray(score.center)
+    )
+    return shares
 
 
 def _class_mask(level: str) -> np.ndarray:
@@ -106,8 +120,8 @@ def decide(
     scores: Sequence[StudyScore] | None = None,
 ) -> PriorityDecision:
     """The priority of one study ([75] probabilities) and its drivers: the positive findings of
-    its level, or, when a study score alone set it, the finding of that level nearest its
-    threshold."""
+    its level, or, when a study score alone set it, the finding of that level that adds the most
+    to the score."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     levels, from_score = study_levels(probabilities, thresholds, scores)
     rank = int(levels[0])
@@ -119,6 +133,7 @@ def decide(
     if not from_score[0]:
         drivers = [f.code for f, m, p in zip(FINDINGS, mask, positive, strict=True) if m and p]
         return PriorityDecision(priority, drivers, "findings")
-    margin = finding_logits(probabilities) - finding_logits(thresholds)
-    nearest = int(np.flatnonzero(mask)[np.argmax(margin[mask])])
-    return PriorityDecision(priority, [FINDINGS[nearest].code], "study_score")
+    score = next(s for s in scores or () if s.level == priority.value)
+    shares = contributions(score, probabilities)
+    largest = int(np.flatnonzero(mask)[np.argmax(shares[mask])])
+    return PriorityDecision(priority, [FINDINGS[largest].code], "study_score")

@@ -90,7 +90,7 @@ class Triage(BaseModel):
     findings: list[str] = Field(
         description="Codes of the findings that set the priority, in card order: the positive "
         "findings of its level, or, when the study-level score alone set it (basis "
-        "study_score), the finding of that level nearest its threshold."
+        "study_score), the finding of that level that adds the most to the score."
     )
     basis: Literal["findings", "study_score"] | None = Field(
         default=None,

@@ -96,8 +96,8 @@ def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None
         "## Key slice",
         "",
         "The gateway's key slice shows the key finding: the triage finding furthest above its "
-        "threshold (when the study score alone set the priority, the finding of its level "
-        "nearest its threshold). In a model with a slice head it is the slice the slice head "
+        "threshold (when the study score alone set the priority, the finding of its level that "
+        "adds the most to the score). In a model with a slice head it is the slice the slice head "
         "scores highest for that finding (SLICE_SCORES); otherwise the slice with the most "
         "evidence (attention times the head's score of the slice's features). How often it lies "
         "in an annotated focal lesion of a positive test study:",

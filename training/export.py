@@ -460,6 +460,7 @@ def export_run(
                 CardPriorityScore(
                     level=s.level,  # type: ignore[arg-type]
                     weights=s.weights,
+                    center=s.center,
                     bias=s.bias,
                     threshold=s.threshold,
                     fitted_on=where,

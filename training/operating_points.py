@@ -218,6 +218,7 @@ class PriorityScore:
 
     level: str
     weights: list[float]
+    center: list[float]  # each logit's mean on the fitted set: weights apply to logit - center
     bias: float
     threshold: float
 
@@ -242,7 +243,7 @@ def _out_of_fold(
         values[held] = model.fit(features[train], target[train]).decision_function(features[held])
     model = LogisticRegression(C=strength, max_iter=5000).fit(features, target)
     return values, PriorityScore(
-        "", model.coef_[0].tolist(), float(model.intercept_[0]), threshold=0.0
+        "", model.coef_[0].tolist(), [0.0] * features.shape[1], float(model.intercept_[0]), 0.0
     )
 
 
@@ -301,7 +302,8 @@ def priority_scores(
     thresholds = np.ones(len(FINDINGS))
     for j, t in _thresholds_at(labels, probabilities, list(range(len(FINDINGS))), rate).items():
         thresholds[j] = t
-    features = finding_logits(probabilities)
+    center = finding_logits(probabilities).mean(axis=0)
+    features = finding_logits(probabilities) - center  # the scores read logits from here
     positive = probabilities >= thresholds[None, :]
     scores: list[PriorityScore] = []
     called = np.zeros(len(labels), dtype=np.int64)  # out of fold
@@ -315,7 +317,9 @@ def priority_scores(
         values, fitted = _out_of_fold(features, target, strength, folds, seed)
         if fitted is not None:
             threshold = _score_threshold(values, found, target, targets[level])
-            scores.append(PriorityScore(level, fitted.weights, fitted.bias, threshold))
+            scores.append(
+                PriorityScore(level, fitted.weights, center.tolist(), fitted.bias, threshold)
+            )
             found = found | (values >= threshold)
         called = np.where((called == 0) & found, floor, called)
     choices = [

@@ -221,11 +221,12 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
 
 def _scored_repository(root: Path, bias: float) -> ModelCard:
     """The fixture model with no finding ever positive (every threshold 1) and a critical study
-    score that is its bias alone, against a threshold of 0."""
+    score that sums the critical findings' logits, plus ``bias``, against a threshold of 0."""
     base = fixture_card(depth=8, height=64, width=64, experts=4)
     score = CardPriorityScore(
         level="critical",
-        weights=[0.0] * len(FINDINGS),
+        weights=[1.0 if f.critical else 0.0 for f in FINDINGS],
+        center=[0.0] * len(FINDINGS),
         bias=bias,
         threshold=0.0,
         fitted_on="a test",
@@ -244,7 +245,7 @@ def _scored_repository(root: Path, bias: float) -> ModelCard:
     return card
 
 
-@pytest.mark.parametrize("bias", [1.0, -1.0])
+@pytest.mark.parametrize("bias", [1000.0, -1000.0])
 def test_the_cards_study_score_sets_the_priority(
     tmp_path: Path, make_client: Callable[..., TestClient], study: list[Path], bias: float
 ) -> None:
@@ -256,8 +257,8 @@ def test_the_cards_study_score_sets_the_priority(
     if bias < 0:
         assert body["triage"] == {"priority": "routine", "findings": [], "basis": None}
         return
-    # Critical by the score alone: the driver is the critical finding nearest its threshold,
-    # which (every threshold being 1) is the most probable one, and the key slice shows it.
+    # Critical by the score alone: the driver is the critical finding that adds the most to the
+    # score, here the most probable one, and the key slice shows it.
     critical = [f for f in body["findings"] if f["critical"]]
     nearest = max(critical, key=lambda f: f["probability"])["code"]
     assert card.priority_scores is not None

@@ -35,7 +35,7 @@ export function renderBanner(banner, result) {
   banner.querySelector("#drivers").textContent = !drivers.length
     ? "No critical or urgent finding is positive."
     : result.triage.basis === "study_score"
-      ? `Set by the study-level score (no ${priority} finding positive); nearest: ${drivers.join(", ")}`
+      ? `Set by the study-level score (no ${priority} finding positive); most from ${drivers.join(", ")}`
       : `Driven by: ${drivers.join(", ")}`;
   banner.querySelector("#study-line").textContent =
     `Model ${result.model.name} version ${result.model.version} · study ${result.study_uid} · ` +
