@@ -39,7 +39,7 @@ import torch
 
 from bench.common import interleaved, median, write_result
 from service.backends.onnx import newest_version, read_card
-from service.contract import INPUT_DTYPE, INPUT_NAME, OUTPUT_NAMES, TRITON_TYPES
+from service.contract import INPUT_DTYPE, INPUT_NAME, TRITON_TYPES, output_names
 from service.model_card import ModelCard
 from service.preprocess import ModelGrid
 from service.settings import DEFAULT_MODEL_REPOSITORY
@@ -82,7 +82,9 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
 
 
 def _onnx_case(session: ort.InferenceSession, volume: np.ndarray) -> Callable[[], object]:
-    return lambda: session.run(list(OUTPUT_NAMES), {INPUT_NAME: volume})
+    # Every output the graph has: the five, and SLICE_SCORES in a slice-head model (the gateway
+    # fetches all of them).
+    return lambda: session.run(None, {INPUT_NAME: volume})
 
 
 def _eager_case(model: HeadCTModel, volume: np.ndarray) -> Callable[[], object]:
@@ -99,8 +101,8 @@ def _eager_case(model: HeadCTModel, volume: np.ndarray) -> Callable[[], object]:
 class _TritonClients:
     """One tritonclient per thread (the HTTP client is not shared between threads)."""
 
-    def __init__(self, url: str, model: str) -> None:
-        self.url, self.model = url, model
+    def __init__(self, url: str, model: str, names: tuple[str, ...]) -> None:
+        self.url, self.model, self.names = url, model, names
         self.local = threading.local()
         self.clients: list[Any] = []
 
@@ -113,9 +115,9 @@ class _TritonClients:
             self.clients.append(client)
         tensor = triton_http.InferInput(INPUT_NAME, list(volume.shape), TRITON_TYPES[INPUT_DTYPE])
         tensor.set_data_from_numpy(volume, binary_data=True)
-        outputs = [triton_http.InferRequestedOutput(n, binary_data=True) for n in OUTPUT_NAMES]
+        outputs = [triton_http.InferRequestedOutput(n, binary_data=True) for n in self.names]
         result = client.infer(self.model, [tensor], outputs=outputs)
-        return [result.as_numpy(n) for n in OUTPUT_NAMES]
+        return [result.as_numpy(n) for n in self.names]
 
     def close(self) -> None:
         for client in self.clients:
@@ -170,7 +172,8 @@ def _triton_timings(
     session = _session(folder / MODEL_FILENAME, threads)
     with ExitStack() as stack:
         server = stack.enter_context(triton_server(repository, [name + CPU_SUFFIX]))
-        clients = _TritonClients(server.http_url, name + CPU_SUFFIX)
+        names = output_names(read_card(folder, None).adapter.slice_head)
+        clients = _TritonClients(server.http_url, name + CPU_SUFFIX, names)
         stack.callback(clients.close)
         pool = stack.enter_context(ThreadPoolExecutor(CLIENTS))
         embedded = _onnx_case(session, volume)
