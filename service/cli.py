@@ -274,12 +274,17 @@ def _print_table(result: dict[str, Any]) -> None:
     triage = result["triage"]
     colour = {"critical": "bold red", "urgent": "bold yellow"}.get(triage["priority"], "green")
     model = result["model"]
+    drivers = ", ".join(triage["findings"])
+    if triage.get("basis") == "study_score":  # no finding of the level is positive
+        drivers = f"by the study-level score, most from {drivers}"
     console.print(
         f"[{colour}]Priority: {triage['priority'].upper()}[/{colour}]"
-        + (f"  ({', '.join(triage['findings'])})" if triage["findings"] else "")
+        + (f"  ({drivers})" if triage["findings"] else "")
     )
     slices = result["slices"]
-    shown = f", evidence for {slices['key_finding']}" if slices.get("key_finding") else ""
+    # The key slice: the slice head's highest score (slices.scores) where the model has one.
+    rule = "scored highest for" if slices.get("scores") is not None else "evidence for"
+    shown = f", {rule} {slices['key_finding']}" if slices.get("key_finding") else ""
     console.print(
         f"Model {model['name']} v{model['version']}; key slice {slices['key_slice']} of "
         f"{slices['count']} (series slice {slices['key_source_index']} of "

@@ -101,3 +101,21 @@ def test_inspect_with_the_whole_grid_given_reads_no_model(
 )
 def test_counts_take_the_right_number(n: int, words: tuple[str, ...], expected: str) -> None:
     assert counted(n, *words) == expected
+
+
+@pytest.mark.usefixtures("no_repository_variable")
+def test_local_triage_with_the_demo_model_says_how_its_priority_and_key_slice_were_chosen(
+    study: list[Path],
+) -> None:
+    """The committed demo model has a slice head and study-level scores: the table names the
+    rule behind the key slice, and says when the study score set the priority."""
+    folder = str(study[0].parent)
+    as_json = CliRunner().invoke(cli, ["triage", folder, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    body = json.loads(as_json.stdout)
+    assert body["slices"]["scores"] is not None  # SLICE_SCORES
+    table = CliRunner().invoke(cli, ["triage", folder], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    assert f"scored highest for {body['slices']['key_finding']}" in table.stdout
+    by_score = body["triage"]["basis"] == "study_score"
+    assert ("by the study-level score" in table.stdout) == by_score
