@@ -83,13 +83,12 @@ def _thresholds_at(
 
 
 def study_levels(probabilities: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Predicted priority per study: 2 critical, 1 urgent, 0 routine (the gateway's rule)."""
-    positive = probabilities >= thresholds[None, :]
-    critical = np.array([f.triage is TriageClass.CRITICAL for f in FINDINGS])
-    urgent = np.array([f.triage is TriageClass.URGENT for f in FINDINGS])
-    return np.where(
-        positive[:, critical].any(axis=1), 2, np.where(positive[:, urgent].any(axis=1), 1, 0)
-    )
+    """Predicted priority per study: 2 critical, 1 urgent, 0 routine (the gateway's findings
+    rule, ``service.priority``, without study scores)."""
+    from service.priority import study_levels as rule_levels
+
+    levels: np.ndarray = rule_levels(probabilities, thresholds)[0]
+    return levels
 
 
 def true_levels(labels: np.ndarray) -> np.ndarray:
@@ -133,6 +132,43 @@ def level_points(
     return points
 
 
+def _checked(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both as float arrays of the same [studies, 75] shape, else a ValueError saying so."""
+    labels = np.asarray(labels, dtype=np.float64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if labels.shape != probabilities.shape or labels.shape[1:] != (len(FINDINGS),):
+        raise ValueError(
+            f"labels {labels.shape} and probabilities {probabilities.shape} must both be "
+            f"[studies, {len(FINDINGS)}]"
+        )
+    return labels, probabilities
+
+
+def _choices(
+    labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray, methods: list[Method]
+) -> list[ThresholdChoice]:
+    """Each finding's threshold, how it was chosen, and its sensitivity and specificity on the
+    studies whose label for it is known."""
+    choices = []
+    for j, finding in enumerate(FINDINGS):
+        known = ~np.isnan(labels[:, j])
+        y, p = labels[known, j], probabilities[known, j]
+        positives, negatives = int((y == 1).sum()), int((y == 0).sum())
+        called = p >= thresholds[j]
+        choices.append(
+            ThresholdChoice(
+                finding.code,
+                float(thresholds[j]),
+                methods[j],
+                positives,
+                negatives,
+                float(called[y == 1].mean()) if positives else None,
+                float((~called[y == 0]).mean()) if negatives else None,
+            )
+        )
+    return choices
+
+
 def priority_operating_points(
     labels: np.ndarray,
     probabilities: np.ndarray,
@@ -142,13 +178,7 @@ def priority_operating_points(
 ) -> tuple[list[ThresholdChoice], list[PriorityPoint]]:
     """Per-finding thresholds chosen for the study-level priority (see the module docstring),
     and the operating point of each priority level on this validation set."""
-    labels = np.asarray(labels, dtype=np.float64)
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    if labels.shape != probabilities.shape or labels.shape[1:] != (len(FINDINGS),):
-        raise ValueError(
-            f"labels {labels.shape} and probabilities {probabilities.shape} must both be "
-            f"[studies, {len(FINDINGS)}]"
-        )
+    labels, probabilities = _checked(labels, probabilities)
     targets = PRIORITY_SENSITIVITY | (sensitivity or {})
     by_class = {
         kind: [j for j, f in enumerate(FINDINGS) if f.triage is kind] for kind in TriageClass
@@ -183,23 +213,7 @@ def priority_operating_points(
         TriageClass.URGENT: "priority",
         TriageClass.NONE: "false_positive_rate",
     }
-    choices = []
-    for j, finding in enumerate(FINDINGS):
-        known = ~np.isnan(labels[:, j])
-        y, p = labels[known, j], probabilities[known, j]
-        positives, negatives = int((y == 1).sum()), int((y == 0).sum())
-        called = p >= thresholds[j]
-        choices.append(
-            ThresholdChoice(
-                finding.code,
-                float(thresholds[j]),
-                method[finding.triage],
-                positives,
-                negatives,
-                float(called[y == 1].mean()) if positives else None,
-                float((~called[y == 0]).mean()) if negatives else None,
-            )
-        )
+    choices = _choices(labels, probabilities, thresholds, [method[f.triage] for f in FINDINGS])
     return choices, measure(labels, probabilities, thresholds, rates)
 
 
@@ -283,13 +297,7 @@ def priority_scores(
     thresholds and points of ``priority_operating_points`` (the findings rule) are returned."""
     from service.priority import finding_logits
 
-    labels = np.asarray(labels, dtype=np.float64)
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    if labels.shape != probabilities.shape or labels.shape[1:] != (len(FINDINGS),):
-        raise ValueError(
-            f"labels {labels.shape} and probabilities {probabilities.shape} must both be "
-            f"[studies, {len(FINDINGS)}]"
-        )
+    labels, probabilities = _checked(labels, probabilities)
     truth = true_levels(labels)
     if (
         min(min(int((truth >= floor).sum()), int((truth < floor).sum())) for floor in (1, 2))
@@ -322,16 +330,5 @@ def priority_scores(
             )
             found = found | (values >= threshold)
         called = np.where((called == 0) & found, floor, called)
-    choices = [
-        ThresholdChoice(
-            finding.code,
-            float(thresholds[j]),
-            "false_positive_rate",
-            int((labels[:, j] == 1).sum()),
-            int((labels[:, j] == 0).sum()),
-            float(positive[labels[:, j] == 1, j].mean()) if (labels[:, j] == 1).any() else None,
-            float((~positive[labels[:, j] == 0, j]).mean()) if (labels[:, j] == 0).any() else None,
-        )
-        for j, finding in enumerate(FINDINGS)
-    ]
+    choices = _choices(labels, probabilities, thresholds, ["false_positive_rate"] * len(FINDINGS))
     return choices, scores, level_points(truth, called, {"critical": rate, "urgent": rate})
