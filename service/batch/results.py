@@ -58,6 +58,7 @@ class Columns:
         "error_message",
         "priority",
         "priority_findings",
+        "priority_basis",
     )
     TAIL = (
         "key_slice",
@@ -101,6 +102,8 @@ def triaged_row(result: TriageResult, instances: int | None, inference_ms: float
         "error_message": None,
         "priority": result.triage.priority.value,
         "priority_findings": " ".join(result.triage.findings) or None,
+        # "findings", "study_score" (the card's study-level score alone set it), or None (routine)
+        "priority_basis": result.triage.basis,
     }
     row.update({f.code: f.probability for f in result.findings})
     row.update(

@@ -33,6 +33,7 @@ def assert_row_is_the_result(row: Row, result: TriageResult) -> None:
     assert (row["study_uid"], row["series_uid"]) == (result.study_uid, result.series_uid)
     assert row["priority"] == result.triage.priority.value
     assert (row["priority_findings"] or "").split() == result.triage.findings
+    assert row["priority_basis"] == result.triage.basis
     np.testing.assert_allclose(
         [row[f.code] for f in result.findings],
         [f.probability for f in result.findings],
