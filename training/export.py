@@ -49,7 +49,12 @@ from service.preprocess import AIR_HU, ModelGrid
 from training.data import build_cache, read_labels, split_by_patient
 from training.evaluate import Predictions, macro_auc
 from training.model import HeadCTModel
-from training.operating_points import PriorityPoint, priority_operating_points, priority_scores
+from training.operating_points import (
+    MIN_SCORE_STUDIES,
+    PriorityPoint,
+    priority_operating_points,
+    priority_scores,
+)
 from training.params import count_parameters
 from training.repository import (
     DEFAULT_EXECUTION_ENV,
@@ -346,6 +351,42 @@ def _card_point(point: PriorityPoint, validation: str) -> CardOperatingPoint:
     )
 
 
+def card_thresholds(
+    labels: np.ndarray, probabilities: np.ndarray, policy: str, where: str
+) -> tuple[list[ThresholdChoice], list[CardOperatingPoint] | None, list[CardPriorityScore] | None]:
+    """The card's per-finding thresholds, priority operating points and study-level scores under
+    ``policy`` (``--thresholds``), chosen on validation ``labels`` and ``probabilities`` (the
+    studies ``where`` names). ``study-score`` falls back to the findings rule, with a warning,
+    when a priority level has too few validation studies on a side to fit a score."""
+    if policy == "study-score" and len(labels):
+        thresholds, fitted, points = priority_scores(labels, probabilities)
+        if not fitted:
+            log.warning(
+                "--thresholds study-score: %s have fewer than %d studies on a side of a priority "
+                "level, so no study-level score was fitted; the card uses the findings rule "
+                "(as --thresholds priority)",
+                where,
+                MIN_SCORE_STUDIES,
+            )
+        scores = [
+            CardPriorityScore(
+                level=s.level,  # type: ignore[arg-type]
+                weights=s.weights,
+                center=s.center,
+                bias=s.bias,
+                threshold=s.threshold,
+                fitted_on=where,
+            )
+            for s in fitted
+        ]
+        measured = f"{where}, out of fold" if fitted else where
+        return thresholds, [_card_point(point, measured) for point in points], scores
+    if policy == "priority" and len(labels):
+        thresholds, points = priority_operating_points(labels, probabilities)
+        return thresholds, [_card_point(point, where) for point in points], None
+    return choose_thresholds(labels, probabilities), None, None
+
+
 @dataclass(frozen=True)
 class ExportResult:
     version: ModelVersion
@@ -448,32 +489,14 @@ def export_run(
         if summary.is_file():
             best = json.loads(summary.read_text()).get("best_validation_macro_auc")
             metrics["training_best_validation_macro_auc"] = best
-        operating_points, scores = None, None
         where = (
             f"{len(labels)} studies of {validation_data}"
             if validation is not None
             else f"the run's validation split ({len(labels)} studies)"
         )
-        if threshold_policy == "study-score" and len(labels):
-            thresholds, fitted, points = priority_scores(labels, probabilities)
-            scores = [
-                CardPriorityScore(
-                    level=s.level,  # type: ignore[arg-type]
-                    weights=s.weights,
-                    center=s.center,
-                    bias=s.bias,
-                    threshold=s.threshold,
-                    fitted_on=where,
-                )
-                for s in fitted
-            ]
-            measured = f"{where}, out of fold" if fitted else where
-            operating_points = [_card_point(point, measured) for point in points]
-        elif threshold_policy == "priority" and len(labels):
-            thresholds, points = priority_operating_points(labels, probabilities)
-            operating_points = [_card_point(point, where) for point in points]
-        else:
-            thresholds = choose_thresholds(labels, probabilities)
+        thresholds, operating_points, scores = card_thresholds(
+            labels, probabilities, threshold_policy, where
+        )
         metrics["threshold_fallbacks"] = float(sum(c.method == "fallback" for c in thresholds))
         card = build_card(
             model,

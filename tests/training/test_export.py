@@ -174,6 +174,35 @@ def test_thresholds_and_router_reference_come_from_validation(exported) -> None:
     assert len(reference) == EXPERTS and abs(sum(reference) - 1) < 1e-6
 
 
+def test_study_score_policy_fits_scores_or_says_it_fell_back(caplog) -> None:
+    """With enough validation studies on each side of both levels the default policy fits the
+    study-level scores (points measured out of fold); with too few it falls back to the findings
+    rule and says so in the log, naming the studies and the minimum."""
+    from training.operating_points import MIN_SCORE_STUDIES, true_levels
+
+    rng = np.random.default_rng(3)
+    labels = (rng.random((400, NUM_FINDINGS)) < 0.02).astype(np.int64)
+    probabilities = np.clip(0.6 * labels + 0.4 * rng.random(labels.shape), 0.001, 0.999)
+    levels = true_levels(labels)
+    assert min((levels >= 2).sum(), (levels < 1).sum()) >= MIN_SCORE_STUDIES
+    with caplog.at_level("WARNING", logger="training.export"):
+        _, points, scores = export_module.card_thresholds(labels, probabilities, "study-score", "X")
+    assert scores and {s.level for s in scores} == {"critical", "urgent"}
+    assert points and all(p.validation == "X, out of fold" for p in points)
+    assert not caplog.records
+
+    with caplog.at_level("WARNING", logger="training.export"):
+        thresholds, points, scores = export_module.card_thresholds(
+            labels[:30], probabilities[:30], "study-score", "30 studies of V"
+        )
+    assert scores == [] and points and all(p.validation == "30 studies of V" for p in points)
+    assert {c.method for c in thresholds} >= {"priority"}
+    (record,) = caplog.records
+    assert (
+        "30 studies of V" in record.getMessage() and str(MIN_SCORE_STUDIES) in record.getMessage()
+    )
+
+
 def test_high_sensitivity_and_youden_thresholds() -> None:
     scores = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95])
     labels = np.array([0, 0, 1, 0, 0, 1, 1, 1, 1, 1])
