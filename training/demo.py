@@ -398,6 +398,12 @@ def main() -> None:
     )
     parser.add_argument("--arms", default="probe,lora,lora_matched,molre")
     parser.add_argument("--router", default="per_layer", choices=ROUTERS, help="MoLRE's router.")
+    parser.add_argument(
+        "--task-studies",
+        type=int,
+        default=None,
+        help=f"Task (training) studies to synthesise (default {DemoSizes().task_studies}).",
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument(
         "--slice-head",
@@ -420,6 +426,8 @@ def main() -> None:
     )
     if args.epochs:
         sizes = replace(sizes, adapter_epochs=args.epochs)
+    if args.task_studies:
+        sizes = replace(sizes, task_studies=args.task_studies)
     summary = run_demo(
         args.out,
         None if args.no_export else args.repository,

@@ -91,6 +91,32 @@ def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None
             f"{_f(t['positives_per_study'], 1)} ({_f(t['true_positives_per_study'], 1)}) | "
             f"{counts['critical']} / {counts['urgent']} / {counts['routine']} |"
         )
+    margins = {
+        a: t["critical_margins"] for a, t in summary["triage"].items() if "critical_margins" in t
+    }
+    if margins:
+        lines += [
+            "",
+            "### The cost of a margin on critical sensitivity",
+            "",
+            "A sensitivity target met on the calibration set is met on new studies only about "
+            "half the time (the calibration estimate has its own error). Choosing the critical "
+            "threshold for a higher calibration target buys a margin; what it costs on the test "
+            "set:",
+            "",
+            "| arm | calibration target | calibration sens. (out of fold) | test sens. [95% CI] | "
+            "test spec. [95% CI] | normals called critical |",
+            "|---|---|---|---|---|---|",
+        ]
+        for arm, rows in margins.items():
+            for row in rows:
+                cal, test = row["calibration"], row["test"]
+                lines.append(
+                    f"| {arm} | {row['target']:.2f} | {_f(cal['sensitivity'])} | "
+                    f"{_f(test['sensitivity'])}{_ci(test['sensitivity_ci95'])} | "
+                    f"{_f(test['specificity'])}{_ci(test['specificity_ci95'])} | "
+                    f"{_f(row['normal_called_critical'])} |"
+                )
     lines += [
         "",
         "## Key slice",

@@ -37,6 +37,7 @@ def test_quick_demo_pipeline(tmp_path: Path) -> None:
     for triage in summary["triage"].values():
         assert {p["level"] for p in triage["test"]} == {"critical", "urgent"}
         assert sum(triage["priority_counts"].values()) == QUICK.test_studies
+        assert [m["target"] for m in triage["critical_margins"]] == [0.95, 0.97, 0.99]
     assert all(0 <= k["chance"] <= 1 for k in summary["key_slice"].values())
     for key in summary["key_slice"].values():
         for measure in ("key_slice_in_lesion", "attention_slice_in_lesion"):
@@ -52,6 +53,12 @@ def test_quick_demo_pipeline(tmp_path: Path) -> None:
     assert any(p.name.startswith("radar_molre_vs_lora") for p in report.glob("*.png"))
     text = (report / "three_way.md").read_text()
     assert "not for clinical use" in text and "Paired bootstrap" in text
+    margins = text.split("### The cost of a margin")[1].split("\n## ")[0].splitlines()
+    assert [x.split(" | ")[1] for x in margins if x.startswith("| molre |")] == [
+        "0.95",
+        "0.97",
+        "0.99",
+    ]
     # The report names the version the export wrote (one above the newest in the repository).
     assert summary["model"] == "Demo model v2" and text.startswith("# Demo model v2:")
     assert summary["export"]["version"] == 2

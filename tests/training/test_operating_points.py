@@ -166,3 +166,28 @@ def test_too_few_studies_fall_back_to_the_findings_rule(clinical) -> None:
     assert scores == []
     assert [c.threshold for c in choices] == [c.threshold for c in expected]
     assert points == expected_points
+
+
+def test_a_higher_calibration_target_buys_test_sensitivity_with_specificity(
+    clinical, held_out
+) -> None:
+    """The demo report's margin table: each target is met out of fold on calibration, and on
+    studies the rule never saw a higher target calls at least as many critical studies and at
+    most as many others."""
+    from training.demo_eval import critical_margins
+    from training.evaluate import Predictions
+
+    def predictions(labels: np.ndarray, probabilities: np.ndarray) -> Predictions:
+        uids = [f"s{i}" for i in range(len(labels))]
+        return Predictions("sim", uids, labels, probabilities, None)
+
+    rows = critical_margins(predictions(*clinical), predictions(*held_out), (0.95, 0.97, 0.99))
+    assert [r["target"] for r in rows] == [0.95, 0.97, 0.99]
+    for row in rows:
+        assert row["calibration"]["sensitivity"] >= row["target"] - 1e-12
+    sensitivity = [r["test"]["sensitivity"] for r in rows]
+    specificity = [r["test"]["specificity"] for r in rows]
+    assert sensitivity == sorted(sensitivity) and specificity == sorted(specificity, reverse=True)
+    assert sensitivity[-1] > sensitivity[0] and specificity[-1] < specificity[0]
+    normals = [r["normal_called_critical"] for r in rows]
+    assert normals == sorted(normals) and 0 <= normals[0] <= 1
