@@ -207,8 +207,17 @@ def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None
             )
     lines += [
         "",
-        "Stage times (s): "
+        "Stage times of this invocation (s): "
         + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in summary["stages"].items()),
         "",
     ]
+    if summary.get("training_s"):
+        lines += [
+            "Training time of each run (s; its steps times its measured seconds per step, "
+            "whichever invocation trained it): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in summary["training_s"].items()),
+            "",
+        ]
+    if summary.get("stages_note"):
+        lines += [summary["stages_note"], ""]
     return "\n".join(lines)
