@@ -71,6 +71,70 @@ def test_patch_max_features_keep_one_bright_patch(monkeypatch: pytest.MonkeyPatc
         assert torch.allclose(with_max(pixels)[:, : 2 * hidden], plain(pixels), atol=1e-6)
 
 
+def test_conv_stem_checkpoint_round_trips_with_its_batch_norm_statistics(tmp_path: Path) -> None:
+    """A stemmed DINOv2 keeps the plain model's token grid, and its folder (written by HF's
+    save_pretrained) reloads the stem's weights and batch-norm statistics exactly."""
+    from training.backbones import ConvStem
+
+    torch.manual_seed(0)
+    stemmed = create_backbone("tiny_dinov2_conv")
+    plain = create_backbone("tiny_dinov2")
+    stem = stemmed.encoder.embeddings.patch_embeddings.projection
+    assert isinstance(stem, ConvStem)
+    pixels = _input("tiny_dinov2_conv")
+    with torch.no_grad():
+        stemmed.train()(pixels * 3 + 1)  # moves the running statistics off 0 and 1
+        grid = stem(pixels).shape
+        assert grid == plain.encoder.embeddings.patch_embeddings.projection(pixels).shape
+    stemmed.eval().save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["conv_stem"] == [8, 16, 32]
+    loaded = create_backbone("tiny_dinov2_conv", weights=tmp_path).eval()
+    norm = loaded.encoder.embeddings.patch_embeddings.projection.layers[1]
+    assert norm.running_mean.abs().sum() > 0
+    assert torch.equal(norm.running_mean, stem.layers[1].running_mean)
+    with torch.no_grad():
+        assert torch.allclose(loaded(pixels), stemmed(pixels), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("saved", "loaded"), [("tiny_dinov2", "tiny_dinov2_conv"), ("tiny_dinov2_conv", "tiny_dinov2")]
+)
+def test_stemmed_and_plain_checkpoints_do_not_load_into_each_other(
+    saved: str, loaded: str, tmp_path: Path
+) -> None:
+    create_backbone(saved).save_pretrained(tmp_path)
+    with pytest.raises(BackboneWeightsError, match="conv_stem") as error:
+        create_backbone(loaded, weights=tmp_path)
+    assert str(tmp_path) in str(error.value)
+
+
+def test_molre_adapts_a_conv_stem_at_its_last_1x1_convolution() -> None:
+    """The stem's patch-embedding role is its 1x1 ``out`` convolution (a 1 px "patch"), routed on
+    the image mean of the stem's features: the experts change the output, per input."""
+    from training.molre.layer import MoLREPatchConv
+
+    torch.manual_seed(0)
+    backbone = create_backbone("tiny_dinov2_conv").eval()
+    pixels = _input("tiny_dinov2_conv")
+    with torch.no_grad():
+        before = backbone(pixels)
+    wrapped = inject_molre(backbone, MoLREConfig(experts=4, rank=2))
+    stem_targets = [n for n in wrapped if "patch_embeddings" in n]
+    assert stem_targets == ["encoder.embeddings.patch_embeddings.projection.out"]
+    layer = backbone.encoder.get_submodule(stem_targets[0].removeprefix("encoder."))
+    assert isinstance(layer, MoLREPatchConv) and layer.patch == (1, 1)
+    with torch.no_grad():
+        assert torch.allclose(backbone(pixels), before, atol=1e-6)  # B starts at zero
+        for _, module in backbone.named_modules():
+            if isinstance(module, MoLREPatchConv):
+                module.lora_B.normal_()
+        after = backbone(pixels)
+    assert not torch.allclose(after, before, atol=1e-3)
+    gates = layer.last_gates
+    assert gates is not None and gates.shape == (2, 4)
+    assert not torch.allclose(gates[0], gates[1])
+
+
 def test_checkpoint_of_another_family_is_rejected(tmp_path: Path) -> None:
     create_backbone("tiny_dinov2").save_pretrained(tmp_path)
     with pytest.raises(BackboneWeightsError, match=str(tmp_path)) as error:

@@ -358,3 +358,34 @@ def test_parity_is_relative_for_large_outputs_and_absolute_for_small() -> None:
     assert max_scaled_difference(a, (probabilities, logits)) == pytest.approx(5e-5)
     off = (probabilities + 2e-4, logits)
     assert max_scaled_difference(off, (probabilities, logits)) == pytest.approx(2e-4)
+
+
+def test_a_conv_stem_backbone_exports_with_its_stem_experts(tmp_path: Path) -> None:
+    """MoLRE on a conv-stem backbone (experts on the stem's 1x1 convolution, batch norms in
+    inference mode) exports to ONNX and matches PyTorch on a new batch."""
+    from training.model import build_model
+    from training.molre import MoLREConfig
+
+    torch.manual_seed(0)
+    model = build_model("tiny_dinov2_conv", "molre", MoLREConfig(experts=3)).train()
+    with torch.no_grad():  # running statistics that are not the initial 0 and 1
+        stem = model.backbone.encoder.embeddings.patch_embeddings.projection
+        for layer in stem.layers:
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.running_mean.uniform_(-0.5, 0.5)
+                layer.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.3)
+    assert any("projection.out" in name for name in model.expert_layer_names)
+    grid = ModelGrid(4, 32, 32)
+    path = tmp_path / "stem.onnx"
+    export_module.export_onnx(model, grid, path)
+    volume = export_module.synthetic_volumes(grid, 3, seed=11)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {INPUT_NAME: volume})
+    with torch.no_grad():
+        expected = model(torch.from_numpy(volume))
+    np.testing.assert_allclose(outputs[0], expected.probabilities.numpy(), atol=1e-4)
+    np.testing.assert_allclose(outputs[2], expected.slice_router_weights.numpy(), atol=1e-4)

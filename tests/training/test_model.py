@@ -39,7 +39,9 @@ def _activate_experts(model: HeadCTModel) -> None:
 
 
 @pytest.mark.parametrize("adapter", ADAPTER_KINDS)
-@pytest.mark.parametrize("name", ["tiny_dinov2", "tiny_dinov3", "tiny_siglip", "tiny_resnet3d"])
+@pytest.mark.parametrize(
+    "name", ["tiny_dinov2", "tiny_dinov2_conv", "tiny_dinov3", "tiny_siglip", "tiny_resnet3d"]
+)
 def test_forward_gives_the_documented_shapes(name: str, adapter: str) -> None:
     model = build_model(name, adapter)
     output = model(_volume())

@@ -16,7 +16,7 @@ from service.findings import FINDING_CODES
 from training.backbones import create_backbone
 from training.ceiling import CEILING_SETTINGS, ceiling_config
 from training.config import PRETRAINING_FINDINGS, PretrainConfig
-from training.pretrain import TRAIN_STREAM, export_weights, make_study, pretrain
+from training.pretrain import TRAIN_STREAM, export_weights, load_pretrainer, make_study, pretrain
 
 # A ceiling run small enough for a test (ceiling_config's other settings stay as the CLI's).
 TINY_CEILING = {
@@ -29,10 +29,10 @@ TINY_CEILING = {
 }
 
 
-def _config(out: Path, steps: int) -> PretrainConfig:
+def _config(out: Path, steps: int, backbone: str = "tiny_dinov2") -> PretrainConfig:
     return PretrainConfig(
         out=str(out),
-        backbone="tiny_dinov2",
+        backbone=backbone,
         grid=(8, 32, 32),
         source_matrix=64,
         steps=steps,
@@ -77,24 +77,29 @@ def test_resume_continues_the_stream_and_changed_settings_are_refused(tmp_path: 
         pretrain(replace(_config(run, 8), lr=0.5))
 
 
+@pytest.mark.parametrize("name", ["tiny_dinov2", "tiny_dinov2_conv"])
 def test_export_is_a_weights_folder_and_another_machine_continues_from_it(
-    tmp_path: Path,
+    name: str, tmp_path: Path
 ) -> None:
     run, folder = tmp_path / "run", tmp_path / "weights"
-    pretrain(_config(run, 4))
+    pretrain(_config(run, 4, name))
     card = export_weights(run, folder)
     assert card["synthetic"] and card["steps"] == 4 and card["dtype"] == "float16"
     assert "not for clinical use" in (folder / "PRETRAINING.md").read_text()
-    backbone = create_backbone("tiny_dinov2", weights=folder)
+    backbone = create_backbone(name, weights=folder).eval()
     assert backbone.pretrained and next(backbone.parameters()).dtype == torch.float32
+    trained, _ = load_pretrainer(run)  # the run's own backbone, fp32: the folder is it in fp16
+    pixels = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(backbone(pixels), trained.backbone(pixels), atol=2e-2)
 
     elsewhere = tmp_path / "elsewhere"
-    pretrain(_config(elsewhere, 6), init_from=folder)
+    pretrain(_config(elsewhere, 6, name), init_from=folder)
     continued = torch.load(elsewhere / "last.pt", weights_only=False)
     assert continued["step"] == 6 and continued["consumed"] > card["studies_seen"]
     assert [row["step"] for row in _curve(elsewhere)] == [6]
     with pytest.raises(ValueError, match="grid"):
-        pretrain(replace(_config(tmp_path / "third", 6), grid=(8, 64, 64)), init_from=folder)
+        pretrain(replace(_config(tmp_path / "third", 6, name), grid=(8, 64, 64)), init_from=folder)
 
 
 def test_continuing_into_a_backbone_with_the_same_encoder_and_another_recipe(
