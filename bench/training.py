@@ -22,7 +22,8 @@ import time
 CASES = {
     # backbone: (slices per study, studies per step, grid size)
     "tiny_dinov2": (32, 2, 64),
-    "demo_vit": (32, 2, 128),  # the demo model's backbone
+    "demo_vit": (32, 2, 128),  # the demo model v3-v7 backbone
+    "demo_vit_conv": (32, 2, 128),  # demo_vit with a convolutional stem
     "dinov2_base": (4, 1, 224),
 }
 ADAPTERS = ("probe", "lora", "molre")

@@ -554,6 +554,7 @@ def export_weights(run: Path, folder: Path, *, half: bool = True) -> dict[str, A
         "studies_seen": state["consumed"],
         "slices_seen": state["step"] * config.slices_per_step,
         "dtype": "float16" if half else "float32",
+        "folder": str(folder),
         "config": asdict(config),
         "last_validation": last,
         "validation_curve": curve,
@@ -582,6 +583,28 @@ def _recipe(recorded: dict[str, Any]) -> str:
     )
 
 
+def _command(recorded: dict[str, Any], folder: str | None) -> str:
+    """The ``headct pretrain`` command line that makes this run again: every setting that
+    differs from its default (run again, the same line resumes the run)."""
+    config = PretrainConfig.from_dict(recorded)
+    default = PretrainConfig(out=config.out)
+    words = ["headct pretrain", f"--out {config.out}"]
+    for item in fields(PretrainConfig):
+        value = getattr(config, item.name)
+        if item.name in ("out", "findings") or value == getattr(default, item.name):
+            continue
+        option = "--" + item.name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(option if value else "--no-" + item.name.replace("_", "-"))
+        elif isinstance(value, tuple | list):
+            words.append(f"{option} {' '.join(map(str, value))}")
+        else:
+            words.append(f"{option} {value:g}" if isinstance(value, float) else f"{option} {value}")
+    if folder:
+        words.append(f"--export {folder}")
+    return " ".join(words)
+
+
 def _card_markdown(card: dict[str, Any]) -> str:
     last = card["last_validation"]
     history = card.get("continued_from", [])
@@ -596,6 +619,8 @@ def _card_markdown(card: dict[str, Any]) -> str:
         f"(prevalence x{card['config']['prevalence_scale']:g}), {card['slices_seen']:,} slices "
         f"in {card['steps']:,} steps; no study came back once it left the shuffle buffer.",
         f"- Recipe: {_recipe(card['config'])}.",
+        f"- Command: `{_command(card['config'], card.get('folder'))}`"
+        + (" (the last run; the runs it continued are below)." if history else "."),
     ]
     for earlier in history:
         lines.append(

@@ -85,7 +85,13 @@ def test_export_is_a_weights_folder_and_another_machine_continues_from_it(
     pretrain(_config(run, 4, name))
     card = export_weights(run, folder)
     assert card["synthetic"] and card["steps"] == 4 and card["dtype"] == "float16"
-    assert "not for clinical use" in (folder / "PRETRAINING.md").read_text()
+    text = (folder / "PRETRAINING.md").read_text()
+    assert "not for clinical use" in text
+    # The card's command remakes the run: the settings that differ from the defaults.
+    command = next(line for line in text.splitlines() if line.startswith("- Command:"))
+    for option in (f"--out {run}", f"--backbone {name}", "--steps 4", "--grid 8 32 32"):
+        assert option in command
+    assert f"--export {folder}" in command and "--lr" not in command
     backbone = create_backbone(name, weights=folder).eval()
     assert backbone.pretrained and next(backbone.parameters()).dtype == torch.float32
     trained, _ = load_pretrainer(run)  # the run's own backbone, fp32: the folder is it in fp16
