@@ -3,9 +3,10 @@
 1. Synthesise three sets of phantom studies: the task set (findings 4x their clinical prevalence,
    so each has positives to learn from), a calibration set and a held-out test set, both at
    clinical prevalence (what a user sees, and where study-level operating points are chosen).
-2. Start from the stand-in foundation backbone ``demo_vit`` committed in
-   ``training/weights/demo_vit`` (made by ``headct pretrain``: slice-level targets on half of the
-   findings, fresh phantoms streamed from the generator; see its ``PRETRAINING.md``). It is frozen.
+2. Start from the stand-in foundation backbone ``demo_vit_conv`` committed in
+   ``training/weights/demo_vit_conv`` (a small ViT with a convolutional stem, made by ``headct
+   pretrain``: slice-level targets on half of the findings, fresh phantoms streamed from the
+   generator; see its ``PRETRAINING.md``). It is frozen.
 3. Train the arms on all 75 findings with study labels only, each with the same data, epochs and
    seeds: a linear probe, LoRA (r=2), LoRA with about as many added parameters as MoLRE (r=10), and
    MoLRE (K=4, r=2).
@@ -56,8 +57,9 @@ from training.train import train
 
 log = logging.getLogger(__name__)
 
-BACKBONE = "demo_vit"
-DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "demo_vit"
+# Demo model v8's backbone (v3 to v7 used demo_vit, whose weights stay in training/weights).
+BACKBONE = "demo_vit_conv"
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "demo_vit_conv"
 
 # Every arm trains the same way (data, epochs, learning rate, seeds); alpha = 2r throughout.
 ARMS: dict[str, dict[str, Any]] = {
