@@ -456,7 +456,6 @@ class HFSliceBackbone(nn.Module):
             if spec.family != "dinov2":
                 raise ValueError(f"backbone {name!r}: a conv stem is built for DINOv2 only")
             expected.conv_stem = list(spec.conv_stem)
-        if spec.conv_stem:
             model_class = _stem_model_class()
         if weights is None:
             self.encoder = model_class(expected)
