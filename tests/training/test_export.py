@@ -324,6 +324,21 @@ def test_the_card_follows_the_training_data_the_run_recorded(
     )
 
 
+def _export_and_match(model: torch.nn.Module, path: Path, seed: int) -> list[np.ndarray]:
+    """Export ``model`` on a 4x32x32 grid to ``path``; its probabilities and slice router
+    weights on 3 new volumes match PyTorch's. Returns the ONNX outputs."""
+    grid = ModelGrid(4, 32, 32)
+    export_module.export_onnx(model, grid, path)
+    volume = export_module.synthetic_volumes(grid, 3, seed=seed)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {INPUT_NAME: volume})
+    with torch.no_grad():
+        expected = model(torch.from_numpy(volume))
+    np.testing.assert_allclose(outputs[0], expected.probabilities.numpy(), atol=1e-4)
+    np.testing.assert_allclose(outputs[2], expected.slice_router_weights.numpy(), atol=1e-4)
+    return outputs
+
+
 def test_a_shared_router_exports_with_its_frozen_pass(tmp_path: Path) -> None:
     """MoLRE with the shared router (two backbone passes per slice) exports to one ONNX graph
     that matches PyTorch on a batch size it was not traced with."""
@@ -335,16 +350,7 @@ def test_a_shared_router_exports_with_its_frozen_pass(tmp_path: Path) -> None:
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.3)  # experts that change the output
-    grid = ModelGrid(4, 32, 32)
-    path = tmp_path / "shared.onnx"
-    export_module.export_onnx(model, grid, path)
-    volume = export_module.synthetic_volumes(grid, 3, seed=7)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outputs = session.run(None, {INPUT_NAME: volume})
-    with torch.no_grad():
-        expected = model(torch.from_numpy(volume))
-    np.testing.assert_allclose(outputs[0], expected.probabilities.numpy(), atol=1e-4)
-    np.testing.assert_allclose(outputs[2], expected.slice_router_weights.numpy(), atol=1e-4)
+    outputs = _export_and_match(model, tmp_path / "shared.onnx", seed=7)
     assert outputs[1].shape == (3, 3) and np.ptp(outputs[2], axis=1).max() > 1e-3
 
 
@@ -379,13 +385,4 @@ def test_a_conv_stem_backbone_exports_with_its_stem_experts(tmp_path: Path) -> N
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.3)
     assert any("projection.out" in name for name in model.expert_layer_names)
-    grid = ModelGrid(4, 32, 32)
-    path = tmp_path / "stem.onnx"
-    export_module.export_onnx(model, grid, path)
-    volume = export_module.synthetic_volumes(grid, 3, seed=11)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outputs = session.run(None, {INPUT_NAME: volume})
-    with torch.no_grad():
-        expected = model(torch.from_numpy(volume))
-    np.testing.assert_allclose(outputs[0], expected.probabilities.numpy(), atol=1e-4)
-    np.testing.assert_allclose(outputs[2], expected.slice_router_weights.numpy(), atol=1e-4)
+    _export_and_match(model, tmp_path / "stem.onnx", seed=11)
