@@ -20,7 +20,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from service.findings import FINDING_CODES, FINDINGS
+import numpy as np
+
+from service.findings import FINDING_CODES, FINDINGS, TriageClass
 from training.config import PretrainConfig
 
 # The reference model's name (``training.pretrain.SliceCNN``; not a registered backbone).
@@ -63,6 +65,43 @@ CEILING_SETTINGS: dict[str, Any] = {
 }
 
 
+# The critical-study sensitivity at which the ceiling's triage is read (the product's target).
+CRITICAL_SENSITIVITY = 0.95
+
+
+def critical_separation(
+    study_scores: np.ndarray, labels: np.ndarray, codes: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """How well a model's study scores ([N, len(codes)], max over slices) tell studies with a
+    critical finding from the rest: the AUC of the study's highest critical-finding score, and at
+    the threshold that keeps CRITICAL_SENSITIVITY of the critical studies (placed on these same
+    studies, so an optimistic point), the specificity and the share of normal studies (no
+    finding) called critical. ``labels`` are the studies' 75 labels in ``service.findings``
+    order. None unless ``codes`` include every critical finding and both kinds of study occur."""
+    from sklearn.metrics import roc_auc_score
+
+    critical = [f.code for f in FINDINGS if f.triage is TriageClass.CRITICAL]
+    if not set(critical) <= set(codes):
+        return None
+    score = study_scores[:, [codes.index(c) for c in critical]].max(axis=1)
+    truth = labels[:, [FINDING_CODES.index(c) for c in critical]].max(axis=1) == 1
+    normal = ~(labels == 1).any(axis=1)
+    if truth.all() or not truth.any():
+        return None
+    kept = int(np.ceil(CRITICAL_SENSITIVITY * truth.sum() - 1e-9))
+    threshold = np.sort(score[truth])[::-1][kept - 1]
+    called = score >= threshold
+    return {
+        "critical_studies": int(truth.sum()),
+        "other_studies": int((~truth).sum()),
+        "normal_studies": int(normal.sum()),
+        "auc": float(roc_auc_score(truth, score)),
+        "sensitivity": float(called[truth].mean()),
+        "specificity": float((~called[~truth]).mean()),
+        "normal_called_critical": float(called[normal].mean()) if normal.any() else None,
+    }
+
+
 def ceiling_config(out: Path, **overrides: Any) -> PretrainConfig:
     """The ceiling's pretraining config; it validates three times over its ``steps``."""
     settings = CEILING_SETTINGS | overrides
@@ -94,6 +133,7 @@ def run_ceiling(config: PretrainConfig) -> dict[str, Any]:
         "validation_studies": config.validation_studies,
         "prevalence_scale": config.prevalence_scale,
         "study_macro_auc": result["study_macro_auc"],
+        "critical_triage": result.get("critical_triage"),
         "weak_auc": WEAK_AUC,
         "min_positives": MIN_POSITIVES,
         "weak_findings": weak,
@@ -131,6 +171,26 @@ def ceiling_markdown(summary: dict[str, Any]) -> str:
         f"{summary['min_positives']} positives): "
         + (", ".join(f"`{c}`" for c in summary["weak_findings"]) or "none")
         + ".",
+        "",
+    ]
+    triage = summary.get("critical_triage")
+    if triage:
+        lines += [
+            "## Triage at the ceiling",
+            "",
+            f"The study's highest critical-finding score tells the {triage['critical_studies']} "
+            f"studies with a critical finding from the other {triage['other_studies']} with AUC "
+            f"**{triage['auc']:.3f}**. At the threshold that keeps "
+            f"{100 * triage['sensitivity']:.0f}% of them critical (placed on these same studies: "
+            f"an optimistic point), the specificity is **{triage['specificity']:.3f}** and "
+            f"**{100 * triage['normal_called_critical']:.0f}%** of the "
+            f"{triage['normal_studies']} normal studies are called critical: a reference, at this "
+            "budget, for the product's triage targets (at most 10% of normal studies called "
+            "critical at a critical sensitivity of at least 0.95).",
+            "",
+        ]
+    lines += [
+        "## Per finding",
         "",
         "| finding | category | positive studies | ceiling AUC |",
         "|---|---|---|---|",

@@ -364,6 +364,7 @@ def _read_ceiling(path: Path | None) -> dict[str, Any] | None:
         "study_macro_auc": data["study_macro_auc"],
         "weak_findings": data["weak_findings"],
         "per_finding": {c: r["study_auc"] for c, r in data["per_finding"].items()},
+        "critical_triage": data.get("critical_triage"),
     }
 
 

@@ -5,15 +5,16 @@ points, whether the key slice lies in a lesion, and how much the router depends 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.findings import FINDING_CODES, Category
+from service.findings import FINDING_CODES, FINDINGS, Category, TriageClass
 from service.postprocess import key_finding
-from service.priority import decide
+from service.priority import decide, score_values
 from service.priority import study_levels as rule_levels
 from training.evaluate import Predictions, category_positive, macro_auc, resampled_auc
 from training.model import ModelOutput
@@ -75,7 +76,8 @@ def key_slice_check(
     rate of a random slice. The key slice as the gateway picks it (for the key finding at
     ``thresholds`` and the priority scores ``scores_rule``: the slice head's highest-scoring
     slice in a model with one, else the slice with the most evidence), and beside it the slice
-    with the most evidence and the highest-attention slice."""
+    with the most evidence, the highest-attention slice, and the key slice of the study's focal
+    finding that the model scores highest (``true_finding_slice_in_lesion``)."""
     annotations = json.loads((test / "annotations.json").read_text())
     source_slices = int(annotations["options"]["slices"])
 
@@ -83,7 +85,7 @@ def key_slice_check(
         # Grid slices span the series' first to last slice: map the key slice back.
         return round(grid_slice * (source_slices - 1) / max(depth - 1, 1)) in inside
 
-    hits, attention_hits, evidence_hits, chance, counted = 0, 0, 0, 0.0, 0
+    hits, attention_hits, evidence_hits, true_hits, chance, counted = 0, 0, 0, 0, 0.0, 0
     scores = detailed.scores if detailed.scores is not None else [None] * len(detailed.evidence)
     rows = zip(
         detailed.predictions.study_uids,
@@ -94,10 +96,17 @@ def key_slice_check(
         strict=True,
     )
     for uid, probabilities, attention, evidence, score in rows:
-        focal = [s for s in annotations.get(uid, {}).values() if len(s) < source_slices / 2]
+        focal = {c: s for c, s in annotations.get(uid, {}).items() if len(s) < source_slices / 2}
         if not focal:
             continue
-        inside = {int(x) for s in focal for x in s}
+        inside = {int(x) for s in focal.values() for x in s}
+        # Beside the key slice: the best slice of the study's focal finding the model scores
+        # highest, the key slice had the key finding been a true one. The gap between the two
+        # is what the choice of finding costs; the rest is where the slice scores point.
+        told = max((FINDING_CODES.index(c) for c in focal), key=lambda j: probabilities[j])
+        true_hits += in_lesion(
+            int(np.argmax((evidence if score is None else score)[:, told])), inside
+        )
         shown = key_finding(
             probabilities, thresholds, decide(probabilities, thresholds, scores_rule).drivers
         )
@@ -114,6 +123,7 @@ def key_slice_check(
         "key_slice_in_lesion": hits / counted if counted else nan,
         "attention_slice_in_lesion": attention_hits / counted if counted else nan,
         "evidence_slice_in_lesion": evidence_hits / counted if counted else nan,
+        "true_finding_slice_in_lesion": true_hits / counted if counted else nan,
         "key_slice_from": "slice scores" if detailed.scores is not None else "evidence",
         "chance": chance / counted if counted else nan,
     }
@@ -310,6 +320,36 @@ def critical_margins(
     return rows
 
 
+def critical_separation(
+    test: Predictions, rule: TriageRule, sensitivity: float = 0.95
+) -> dict[str, Any] | None:
+    """How well the rule's critical decision separates the test studies, apart from where its
+    threshold was put: the AUC of the critical score (a study with a positive critical finding
+    counts as above every score, as the rule calls it critical anyway), and the specificity and
+    share of normal studies called critical had the threshold been placed on the test set itself
+    at ``sensitivity``. None without a critical score or without both kinds of study."""
+    from sklearn.metrics import roc_auc_score
+
+    score = next((s for s in rule.scores if s.level == "critical"), None)
+    truth = true_levels(test.labels) == 2
+    if score is None or truth.all() or not truth.any():
+        return None
+    critical = np.array([f.triage is TriageClass.CRITICAL for f in FINDINGS])
+    found = (test.probabilities >= rule.thresholds[None, :])[:, critical].any(axis=1)
+    values = np.where(found, np.inf, score_values(score, test.probabilities))
+    kept = math.ceil(sensitivity * truth.sum() - 1e-9)
+    called = values >= np.sort(values[truth])[::-1][kept - 1]
+    normal = ~(test.labels == 1).any(axis=1)
+    finite = np.nan_to_num(values, posinf=float(values[np.isfinite(values)].max(initial=0)) + 1)
+    return {
+        "auc": float(roc_auc_score(truth, finite)),
+        "score_auc": float(roc_auc_score(truth, score_values(score, test.probabilities))),
+        "sensitivity": float(called[truth].mean()),
+        "specificity": float((~called[~truth]).mean()),
+        "normal_called_critical": float(called[normal].mean()) if normal.any() else None,
+    }
+
+
 def triage_at_operating_points(
     calibration: Predictions, test: Predictions, rule: TriageRule | None = None
 ) -> dict[str, Any]:
@@ -349,6 +389,7 @@ def triage_at_operating_points(
             for level, name in ((2, "critical"), (1, "urgent"), (0, "routine"))
         },
         "critical_margins": critical_margins(calibration, test),
+        "critical_separation": critical_separation(test, rule),
         "findings_rule": {
             "test": [p.to_dict() for p in findings_points],
             "normal_called_critical": float((findings_called[normal] == 2).mean())

@@ -117,6 +117,42 @@ def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None
                     f"{_f(test['specificity'])}{_ci(test['specificity_ci95'])} | "
                     f"{_f(row['normal_called_critical'])} |"
                 )
+    separation = {
+        a: t["critical_separation"]
+        for a, t in summary["triage"].items()
+        if t.get("critical_separation")
+    }
+    if separation:
+        lines += [
+            "",
+            "### Separation, apart from the threshold",
+            "",
+            "How well each rule's critical decision tells the test studies with a critical "
+            "finding from the rest, whatever its threshold: the AUC of its critical score (a "
+            "study with a positive critical finding ranked above every score), and the "
+            "specificity had the threshold been placed on the test set itself at 0.95 "
+            "sensitivity. When this specificity is low too, the score's separation, not the "
+            "threshold's placement, is what calls normal studies critical.",
+            "",
+            "| arm | critical AUC (score alone) | spec. at 0.95 sens. (threshold on test) | "
+            "normals called critical |",
+            "|---|---|---|---|",
+        ]
+        for arm, row in separation.items():
+            lines.append(
+                f"| {arm} | {_f(row['auc'])} ({_f(row['score_auc'])}) | "
+                f"{_f(row['specificity'])} | {_f(row['normal_called_critical'])} |"
+            )
+        ceiling_triage = (summary.get("ceiling") or {}).get("critical_triage")
+        if ceiling_triage:
+            lines += [
+                "",
+                "The reference CNN of `ceiling.md` (slice-level targets on all 75 findings), its "
+                "highest critical-finding score on its own held-out phantoms: AUC "
+                f"{_f(ceiling_triage['auc'])}, specificity {_f(ceiling_triage['specificity'])} "
+                f"and {_f(ceiling_triage['normal_called_critical'])} of normal studies called "
+                "critical at 0.95 sensitivity (threshold placed on those studies).",
+            ]
     lines += [
         "",
         "## Key slice",
@@ -137,6 +173,12 @@ def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None
         )
         if evidence is not None and key.get("key_slice_from") == "slice scores":
             beside += f"; the slice with the most evidence {100 * evidence:.0f}%"
+        true = key.get("true_finding_slice_in_lesion")
+        if true is not None and true == true:
+            beside += (
+                f"; the key slice of the study's true focal finding the model scores highest "
+                f"{100 * true:.0f}%"
+            )
         lines.append(
             f"- {arm}: {100 * key['key_slice_in_lesion']:.0f}% of {key['studies']} studies "
             f"(a random slice: {100 * key['chance']:.0f}%{beside})."

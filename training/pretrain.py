@@ -43,7 +43,7 @@ from torch import nn
 
 from service.contract import DEFAULT_WINDOWS
 from training.backbones import SliceBackbone, create_backbone
-from training.ceiling import CEILING_CNN
+from training.ceiling import CEILING_CNN, critical_separation
 from training.config import PretrainConfig
 from training.model import PRETRAINING_CARD, PRETRAINING_HEADS, SlicePixels
 
@@ -256,6 +256,9 @@ def validate(
             code: {"study_auc": auc, "positive_studies": int(n)}
             for code, auc, n in zip(codes, study_aucs, positives, strict=True)
         }
+        triage = critical_separation(scores.max(axis=1), data["labels"], tuple(codes))
+        if triage is not None:
+            result["critical_triage"] = triage
     return result
 
 

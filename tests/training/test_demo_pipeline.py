@@ -38,9 +38,17 @@ def test_quick_demo_pipeline(tmp_path: Path) -> None:
         assert {p["level"] for p in triage["test"]} == {"critical", "urgent"}
         assert sum(triage["priority_counts"].values()) == QUICK.test_studies
         assert [m["target"] for m in triage["critical_margins"]] == [0.95, 0.97, 0.99]
+        separation = triage["critical_separation"]  # None: the findings rule alone (no score)
+        assert separation is None or (
+            0 <= separation["specificity"] <= 1 and separation["sensitivity"] >= 0.95
+        )
     assert all(0 <= k["chance"] <= 1 for k in summary["key_slice"].values())
     for key in summary["key_slice"].values():
-        for measure in ("key_slice_in_lesion", "attention_slice_in_lesion"):
+        for measure in (
+            "key_slice_in_lesion",
+            "attention_slice_in_lesion",
+            "true_finding_slice_in_lesion",
+        ):
             assert key[measure] != key[measure] or 0 <= key[measure] <= 1  # NaN: no focal study
     router = summary["router"]
     assert len(router["study_weight_std"]) == 4 and len(router["by_slice_position"]) == 16

@@ -191,3 +191,68 @@ def test_a_higher_calibration_target_buys_test_sensitivity_with_specificity(
     assert sensitivity[-1] > sensitivity[0] and specificity[-1] < specificity[0]
     normals = [r["normal_called_critical"] for r in rows]
     assert normals == sorted(normals) and 0 <= normals[0] <= 1
+
+
+def test_separation_apart_from_the_threshold_reads_the_score_not_its_placement(
+    clinical, held_out
+) -> None:
+    """The demo report's separation table: the rule's critical AUC on new studies, and the
+    specificity its score would have at 0.95 sensitivity with the threshold placed on those same
+    studies: at least that of the threshold chosen on calibration at an equal or higher test
+    sensitivity, and lower for a model that separates less."""
+    from training.demo_eval import critical_separation, fit_triage
+    from training.evaluate import Predictions
+
+    def predictions(labels: np.ndarray, probabilities: np.ndarray) -> Predictions:
+        return Predictions("sim", [f"s{i}" for i in range(len(labels))], labels, probabilities)
+
+    calibration, test = predictions(*clinical), predictions(*held_out)
+    rule = fit_triage(calibration)
+    row = critical_separation(test, rule)
+    assert row is not None and 0.5 < row["score_auc"] <= 1 and 0.5 < row["auc"] <= 1
+    assert row["sensitivity"] >= 0.95
+    called, _ = rule_levels(test.probabilities, rule.thresholds, rule.scores)
+    truth = true_levels(test.labels) == 2
+    if (called[truth] == 2).mean() >= row["sensitivity"]:
+        assert row["specificity"] >= (called[~truth] != 2).mean() - 1e-12
+    normal = ~(test.labels == 1).any(axis=1)
+    assert 0 <= row["normal_called_critical"] <= 1 and normal.any()
+
+    # Blur the held-out scores toward noise: the separation falls.
+    rng = np.random.default_rng(3)
+    noisy = 1 / (
+        1
+        + np.exp(
+            -(
+                np.log(test.probabilities / (1 - test.probabilities)) * 0.3
+                + rng.normal(0, 2.0, test.probabilities.shape)
+            )
+        )
+    )
+    worse = critical_separation(predictions(test.labels, noisy), rule)
+    assert worse is not None and worse["auc"] < row["auc"] - 0.05
+    assert worse["specificity"] < row["specificity"]
+    # Without a critical score (the findings rule alone) there is nothing to read.
+    from dataclasses import replace
+
+    assert critical_separation(test, replace(rule, scores=[])) is None
+
+
+def test_the_ceilings_triage_reads_the_highest_critical_finding_score() -> None:
+    from service.findings import FINDING_CODES
+    from training.ceiling import critical_separation as ceiling_separation
+
+    rng = np.random.default_rng(0)
+    labels = np.stack([sample_labels(rng, 4.0) for _ in range(400)]).astype(float)
+    critical = np.array([f.triage is TriageClass.CRITICAL for f in FINDINGS])
+    truth = labels[:, critical].max(axis=1) == 1
+    scores = rng.uniform(0, 0.5, labels.shape) + 0.5 * labels  # a positive scores above 0.5
+    row = ceiling_separation(scores, labels, tuple(FINDING_CODES))
+    assert row is not None and row["auc"] == pytest.approx(1.0)
+    assert row["specificity"] == 1.0 and row["normal_called_critical"] == 0.0
+    assert row["critical_studies"] == truth.sum() and row["sensitivity"] >= 0.95
+    flat = ceiling_separation(rng.uniform(0, 1, labels.shape), labels, tuple(FINDING_CODES))
+    assert flat is not None and abs(flat["auc"] - 0.5) < 0.1 and flat["specificity"] < 0.3
+    # The pretraining findings (a subset without every critical one): nothing to say.
+    codes = tuple(FINDING_CODES[:10])
+    assert ceiling_separation(scores[:, :10], labels, codes) is None

@@ -155,6 +155,21 @@ def test_a_ceiling_run_can_be_extended_with_more_steps(tmp_path: Path) -> None:
     assert [row["step"] for row in _curve(tmp_path)] == [1, 2]
 
 
+def test_a_ceiling_run_reports_its_triage_of_critical_studies(tmp_path: Path) -> None:
+    """ceiling.json and ceiling.md say how well the reference CNN's highest critical-finding
+    score separates studies with a critical finding (the product's triage targets' reference)."""
+    from training.ceiling import run_ceiling
+
+    settings = TINY_CEILING | {"validation_studies": 24, "prevalence_scale": 8.0}
+    summary = run_ceiling(ceiling_config(tmp_path, steps=2, **settings))
+    triage = summary["critical_triage"]
+    assert triage["critical_studies"] + triage["other_studies"] == 24
+    assert triage["sensitivity"] >= 0.95 and 0 <= triage["specificity"] <= 1
+    assert json.loads((tmp_path / "ceiling.json").read_text())["critical_triage"] == triage
+    text = (tmp_path / "ceiling.md").read_text()
+    assert "## Triage at the ceiling" in text and f"AUC **{triage['auc']:.3f}**" in text
+
+
 def test_augment_mirrors_and_shifts_by_at_most_shift_px() -> None:
     from training.pretrain import augment
 
