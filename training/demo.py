@@ -40,6 +40,7 @@ from training.config import PretrainConfig, TrainConfig
 from training.demo_eval import (
     BATCH,
     Detailed,
+    ceiling_reference,
     fair_comparison,
     fit_triage,
     key_slice_check,
@@ -216,6 +217,7 @@ def run_demo(
     report: Path | None = None,
     weights: Path = DEFAULT_WEIGHTS,
     ceiling: Path | None = None,
+    ceiling_run: Path | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     model = _model_name(repository)
@@ -272,6 +274,19 @@ def run_demo(
         for a in order
     }
     router = router_dependence(test["molre"][0]) if "molre" in test else {}
+    # The reference CNN of a ceiling run on these same studies: what the phantoms allow, read
+    # with the same macro AUC and triage rule as the arms.
+    reference = (
+        ceiling_reference(
+            ceiling_run,
+            folders["calibration"],
+            folders["test"],
+            [d.predictions for d in test["molre"]],
+            sizes.bootstrap,
+        )
+        if ceiling_run is not None and "molre" in test
+        else None
+    )
     stages["evaluate_s"] = time.perf_counter() - tick
 
     export = None
@@ -288,6 +303,7 @@ def run_demo(
         "key_slice": key_slice,
         "router": router,
         "ceiling": _read_ceiling(ceiling),
+        "ceiling_same_studies": reference,
         "per_category_macro_auc": {a: metrics["runs"][a]["per_category_macro_auc"] for a in order},
         "stages": stages,
         # Each run's own training time (its steps x its measured seconds per step): the stage
@@ -407,6 +423,12 @@ def main() -> None:
         "--ceiling", type=Path, default=Path("bench/results/demo_model/ceiling.json")
     )
     parser.add_argument(
+        "--ceiling-run",
+        type=Path,
+        default=None,
+        help="A headct ceiling run folder: its reference CNN is read on the same test studies.",
+    )
+    parser.add_argument(
         "--seeds", type=int, default=1, help="Seeds per arm (3 for the comparison)."
     )
     parser.add_argument("--arms", default="probe,lora,lora_matched,molre")
@@ -448,6 +470,7 @@ def main() -> None:
         report=args.report,
         weights=args.weights,
         ceiling=args.ceiling,
+        ceiling_run=args.ceiling_run,
     )
     print((args.report / "three_way.md").read_text())
     del summary

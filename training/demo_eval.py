@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from service.findings import FINDING_CODES, FINDINGS, Category, TriageClass
 from service.postprocess import key_finding
@@ -395,5 +396,75 @@ def triage_at_operating_points(
             "normal_called_critical": float((findings_called[normal] == 2).mean())
             if normal.any()
             else None,
+        },
+    }
+
+
+CEILING_ARM = "ceiling_cnn"
+
+
+def ceiling_predictions(run: Path, data: Path) -> Predictions:
+    """The reference CNN of a ``headct ceiling`` run (``training.ceiling``) on the studies of a
+    demo set, read from the same cache at the same grid as the arms: each finding's study score is
+    the highest of its slice probabilities. The run must have slice targets for all 75 findings
+    (a ceiling run, not a backbone pretraining run)."""
+    from service.preprocess import ModelGrid
+    from training.data import build_cache, read_labels
+    from training.pretrain import load_pretrainer
+
+    model, config = load_pretrainer(run)
+    if set(config.findings) != set(FINDING_CODES):
+        raise ValueError(
+            f"{run} has slice targets for {len(config.findings)} findings, not all "
+            f"{len(FINDING_CODES)}: a ceiling run (headct ceiling) is needed"
+        )
+    order = [config.findings.index(code) for code in FINDING_CODES]
+    studies, _ = build_cache(read_labels(data), data / ".cache", ModelGrid(*config.grid))
+    probabilities = []
+    with torch.no_grad():
+        for study in studies:
+            hu = torch.from_numpy(np.load(study.volume_path).astype(np.float32))
+            logits, _ = model(hu)  # the study's slices as a batch: [D, findings]
+            probabilities.append(logits.sigmoid().amax(dim=0).numpy()[order])
+    return Predictions(
+        CEILING_ARM,
+        [s.record.study_uid for s in studies],
+        np.stack([s.record.labels for s in studies]),
+        np.stack(probabilities),
+    )
+
+
+def ceiling_reference(
+    run: Path,
+    calibration: Path,
+    test: Path,
+    molre_test: list[Predictions],
+    bootstrap: int,
+) -> dict[str, Any]:
+    """The reference CNN on the demo's own calibration and test studies, read like an arm: its
+    macro AUC with the paired difference of MoLRE (its seeds) minus it, its per-category macro
+    AUC, and the triage of the export's rule fitted on its calibration predictions."""
+    from training.evaluate import evaluate
+
+    on_calibration = ceiling_predictions(run, calibration)
+    on_test = ceiling_predictions(run, test)
+    if on_test.study_uids != molre_test[0].study_uids:
+        raise ValueError(f"{run}: the test studies differ from the arms'")
+    comparison = fair_comparison({"molre": molre_test, CEILING_ARM: [on_test]}, bootstrap)
+    triage = triage_at_operating_points(on_calibration, on_test)
+    return {
+        "run": str(run),
+        "macro_auc": comparison["arms"][CEILING_ARM]["macro_auc"],
+        "macro_auc_ci95": comparison["arms"][CEILING_ARM]["macro_auc_ci95"],
+        "molre_minus_ceiling": comparison["differences_vs"][CEILING_ARM],
+        "per_category_macro_auc": evaluate(on_test)["per_category_macro_auc"],
+        "triage": {
+            key: triage[key]
+            for key in (
+                "test",
+                "normal_called_critical",
+                "normal_studies",
+                "critical_separation",
+            )
         },
     }

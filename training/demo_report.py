@@ -217,7 +217,10 @@ def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None
         ]
         for index in range(0, len(positions), 4):
             lines.append(f"| {index} | " + " | ".join(_f(w) for w in positions[index]) + " |")
-    per_category = summary["per_category_macro_auc"]
+    per_category = dict(summary["per_category_macro_auc"])
+    same = summary.get("ceiling_same_studies")
+    if same:
+        per_category["reference CNN"] = same["per_category_macro_auc"]
     lines += ["", "## Per-category macro AUC (all findings with an AUC)", ""]
     arms = list(per_category)
     lines += ["| category | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
@@ -227,6 +230,35 @@ def demo_markdown(summary: dict[str, Any], metrics: dict[str, Any] | None = None
             + " | ".join(_f(per_category[a][category.value]) for a in arms)
             + " |"
         )
+    if same:
+        critical = next(p for p in same["triage"]["test"] if p["level"] == "critical")
+        difference = same["molre_minus_ceiling"]
+        separation = same["triage"].get("critical_separation") or {}
+        lines += [
+            "",
+            "## The reference CNN on these same studies",
+            "",
+            "The ceiling's reference CNN (`ceiling.md`: not the product, slice-level targets on "
+            f"all 75 findings; run `{same['run']}`), scored on this report's calibration and "
+            "test studies as if it were an arm (each finding's study score is its highest slice "
+            "probability) and triaged by the same rule, fitted on its calibration predictions. "
+            "What it reaches is a reference for what these phantoms allow at this budget.",
+            "",
+            f"- Macro AUC {_f(same['macro_auc'])}{_ci(same['macro_auc_ci95'])}; MoLRE minus it "
+            f"{difference['difference']:+.3f}{_ci(difference['ci95'])} "
+            f"({difference['reading']}).",
+            f"- Critical sensitivity {_f(critical['sensitivity'])}"
+            f"{_ci(critical['sensitivity_ci95'])}, specificity {_f(critical['specificity'])}"
+            f"{_ci(critical['specificity_ci95'])}; normal studies called critical "
+            f"{_f(same['triage']['normal_called_critical'])} of "
+            f"{same['triage']['normal_studies']}.",
+        ]
+        if separation:
+            lines.append(
+                f"- Separation apart from the threshold: critical AUC {_f(separation['auc'])}, "
+                f"specificity {_f(separation['specificity'])} at 0.95 sensitivity with the "
+                "threshold placed on the test set."
+            )
     ceiling = summary.get("ceiling")
     if ceiling and metrics is not None:
         molre = metrics["runs"].get("molre", {}).get("per_finding_auc", {})

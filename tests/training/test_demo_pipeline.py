@@ -8,8 +8,11 @@ from pathlib import Path
 
 import onnx
 
+from service.findings import Category
 from service.model_card import CARD_METADATA_KEY, ModelCard
+from training.ceiling import ceiling_config
 from training.demo import ARMS, QUICK, DemoSizes, arm_config, run_demo
+from training.pretrain import pretrain
 
 
 def test_quick_demo_pipeline(tmp_path: Path) -> None:
@@ -17,7 +20,21 @@ def test_quick_demo_pipeline(tmp_path: Path) -> None:
     old = repository / "headct_molre" / "1"
     old.mkdir(parents=True)  # a previous demo version: it leaves when the new one ships
     report = tmp_path / "report"
-    summary = run_demo(tmp_path / "work", repository, QUICK, report=report)
+    # A tiny ceiling run at the quick grid: its CNN is read on the demo's own studies.
+    ceiling = tmp_path / "ceiling"
+    pretrain(
+        ceiling_config(
+            ceiling,
+            steps=2,
+            grid=QUICK.grid,
+            source_matrix=64,
+            slices_per_step=8,
+            buffer_studies=2,
+            validation_studies=4,
+            workers=0,
+        )
+    )
+    summary = run_demo(tmp_path / "work", repository, QUICK, report=report, ceiling_run=ceiling)
 
     arms = {"probe", "lora", "lora_matched", "molre"}
     assert set(summary["three_way"]) == arms
@@ -60,6 +77,13 @@ def test_quick_demo_pipeline(tmp_path: Path) -> None:
     assert len(lines) == 3 and all(x.count("per seed") == 1 for x in lines)
     assert any(p.name.startswith("radar_molre_vs_lora") for p in report.glob("*.png"))
     text = (report / "three_way.md").read_text()
+    same = summary["ceiling_same_studies"]
+    assert 0 <= same["macro_auc"] <= 1 and same["run"] == str(ceiling)
+    assert {p["level"] for p in same["triage"]["test"]} == {"critical", "urgent"}
+    assert set(same["per_category_macro_auc"]) == {c.value for c in Category}
+    assert "## The reference CNN on these same studies" in text
+    headers = [x for x in text.splitlines() if x.startswith("| category |")]
+    assert sum(x.endswith(" | probe | reference CNN |") for x in headers) == 1  # per category
     assert "not for clinical use" in text and "Paired bootstrap" in text
     margins = text.split("### The cost of a margin")[1].split("\n## ")[0].splitlines()
     assert [x.split(" | ")[1] for x in margins if x.startswith("| molre |")] == [

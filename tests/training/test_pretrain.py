@@ -170,6 +170,17 @@ def test_a_ceiling_run_reports_its_triage_of_critical_studies(tmp_path: Path) ->
     assert "## Triage at the ceiling" in text and f"AUC **{triage['auc']:.3f}**" in text
 
 
+def test_only_a_ceiling_run_is_read_as_the_reference_on_demo_studies(tmp_path: Path) -> None:
+    """A backbone pretraining run (slice targets on a subset of the findings) is refused, with
+    the reason, before any study is read."""
+    from training.demo_eval import ceiling_predictions
+
+    run = tmp_path / "pretrain"
+    pretrain(_config(run, steps=1))
+    with pytest.raises(ValueError, match="a ceiling run"):
+        ceiling_predictions(run, tmp_path / "no-such-set")
+
+
 def test_augment_mirrors_and_shifts_by_at_most_shift_px() -> None:
     from training.pretrain import augment
 
