@@ -182,11 +182,15 @@ def ceiling_markdown(summary: dict[str, Any]) -> str:
             f"studies with a critical finding from the other {triage['other_studies']} with AUC "
             f"**{triage['auc']:.3f}**. At the threshold that keeps "
             f"{100 * triage['sensitivity']:.0f}% of them critical (placed on these same studies: "
-            f"an optimistic point), the specificity is **{triage['specificity']:.3f}** and "
-            f"**{100 * triage['normal_called_critical']:.0f}%** of the "
-            f"{triage['normal_studies']} normal studies are called critical: a reference, at this "
-            "budget, for the product's triage targets (at most 10% of normal studies called "
-            "critical at a critical sensitivity of at least 0.95).",
+            f"an optimistic point), the specificity is **{triage['specificity']:.3f}**"
+            + (
+                f" and **{100 * normals:.0f}%** of the {triage['normal_studies']} normal studies "
+                "are called critical"
+                if (normals := triage["normal_called_critical"]) is not None
+                else " (no normal study among them)"
+            )
+            + ": a reference, at this budget, for the product's triage targets (at most 10% of "
+            "normal studies called critical at a critical sensitivity of at least 0.95).",
             "",
         ]
     lines += [

@@ -168,6 +168,11 @@ def test_a_ceiling_run_reports_its_triage_of_critical_studies(tmp_path: Path) ->
     assert json.loads((tmp_path / "ceiling.json").read_text())["critical_triage"] == triage
     text = (tmp_path / "ceiling.md").read_text()
     assert "## Triage at the ceiling" in text and f"AUC **{triage['auc']:.3f}**" in text
+    # A validation set without a normal study still reads (no share of normals to give).
+    from training.ceiling import ceiling_markdown
+
+    none = summary | {"critical_triage": triage | {"normal_called_critical": None}}
+    assert "(no normal study among them)" in ceiling_markdown(none)
 
 
 def test_only_a_ceiling_run_is_read_as_the_reference_on_demo_studies(tmp_path: Path) -> None:
