@@ -80,25 +80,22 @@ def critical_separation(
     order. None unless ``codes`` include every critical finding and both kinds of study occur."""
     from sklearn.metrics import roc_auc_score
 
+    from training.operating_points import placed_point, true_levels
+
     critical = [f.code for f in FINDINGS if f.triage is TriageClass.CRITICAL]
     if not set(critical) <= set(codes):
         return None
     score = study_scores[:, [codes.index(c) for c in critical]].max(axis=1)
-    truth = labels[:, [FINDING_CODES.index(c) for c in critical]].max(axis=1) == 1
+    truth = true_levels(labels) == 2
     normal = ~(labels == 1).any(axis=1)
     if truth.all() or not truth.any():
         return None
-    kept = int(np.ceil(CRITICAL_SENSITIVITY * truth.sum() - 1e-9))
-    threshold = np.sort(score[truth])[::-1][kept - 1]
-    called = score >= threshold
     return {
         "critical_studies": int(truth.sum()),
         "other_studies": int((~truth).sum()),
         "normal_studies": int(normal.sum()),
         "auc": float(roc_auc_score(truth, score)),
-        "sensitivity": float(called[truth].mean()),
-        "specificity": float((~called[~truth]).mean()),
-        "normal_called_critical": float(called[normal].mean()) if normal.any() else None,
+        **placed_point(score, truth, normal, CRITICAL_SENSITIVITY),
     }
 
 

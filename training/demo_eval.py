@@ -5,7 +5,6 @@ points, whether the key slice lies in a lesion, and how much the router depends 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from training.operating_points import (
     PriorityPoint,
     PriorityScore,
     level_points,
+    placed_point,
     priority_operating_points,
     priority_scores,
     study_levels,
@@ -337,17 +337,14 @@ def critical_separation(
         return None
     critical = np.array([f.triage is TriageClass.CRITICAL for f in FINDINGS])
     found = (test.probabilities >= rule.thresholds[None, :])[:, critical].any(axis=1)
-    values = np.where(found, np.inf, score_values(score, test.probabilities))
-    kept = math.ceil(sensitivity * truth.sum() - 1e-9)
-    called = values >= np.sort(values[truth])[::-1][kept - 1]
+    alone = score_values(score, test.probabilities)
+    values = np.where(found, np.inf, alone)
     normal = ~(test.labels == 1).any(axis=1)
     finite = np.nan_to_num(values, posinf=float(values[np.isfinite(values)].max(initial=0)) + 1)
     return {
         "auc": float(roc_auc_score(truth, finite)),
-        "score_auc": float(roc_auc_score(truth, score_values(score, test.probabilities))),
-        "sensitivity": float(called[truth].mean()),
-        "specificity": float((~called[~truth]).mean()),
-        "normal_called_critical": float(called[normal].mean()) if normal.any() else None,
+        "score_auc": float(roc_auc_score(truth, alone)),
+        **placed_point(values, truth, normal, sensitivity),
     }
 
 

@@ -132,6 +132,22 @@ def level_points(
     return points
 
 
+def placed_point(
+    values: np.ndarray, truth: np.ndarray, normal: np.ndarray, sensitivity: float
+) -> dict[str, float | None]:
+    """The operating point of ``values >= t`` with ``t`` placed on these same studies: the
+    highest threshold that calls at least ``sensitivity`` of the ``truth`` studies. Its
+    sensitivity, its specificity, and the share of the ``normal`` studies it calls (None when
+    there are none). ``truth`` must hold at least one study."""
+    kept = math.ceil(sensitivity * truth.sum() - 1e-9)
+    called = values >= np.sort(values[truth])[::-1][kept - 1]
+    return {
+        "sensitivity": float(called[truth].mean()),
+        "specificity": float((~called[~truth]).mean()),
+        "normal_called_critical": float(called[normal].mean()) if normal.any() else None,
+    }
+
+
 def _checked(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both as float arrays of the same [studies, 75] shape, else a ValueError saying so."""
     labels = np.asarray(labels, dtype=np.float64)
